@@ -52,4 +52,5 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
         raise ValueError("probs must be a floating-point torch.Tensor")
     if (probs < 0).any() or torch.isnan(probs).any():
         raise ValueError("probs must be non-negative and contain no NaN")
-    return -(torch.special.xlogy(probs, probs)).sum(dim=-1)
+    # Adding 0.0 turns the -0.0 of a certain outcome into 0.0, so printed tables read "0.000".
+    return -(torch.special.xlogy(probs, probs)).sum(dim=-1) + 0.0

@@ -1,0 +1,134 @@
+"""Book tooling: vendor the browser assets, check and regenerate paired chapter notebooks.
+
+    python tools/book.py vendor               copy MathJax, RequireJS and the widget manager from node_modules
+    python tools/book.py check                every book/*.md and its .ipynb hold the same cells (exit 1 if not)
+    python tools/book.py execute book/01_temperature.md [...]
+                                              regenerate each .ipynb from its .md with fresh outputs
+    python tools/book.py test-config OUT.yml  write a copy of _config.yml that builds from committed outputs
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+import yaml
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+ASSETS = ROOT / "_build" / "book-assets" / "vendor"
+sys.path.insert(0, str(ROOT / "lib"))
+from llmbook.colab import setup_cell_source  # noqa: E402
+
+CHAPTER_TIMEOUT_S = 600
+
+
+def repository_url() -> str:
+    return yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+
+
+def vendor() -> None:
+    """Copy the three browser dependencies out of node_modules into the book's extra path."""
+    modules = ROOT / "node_modules"
+    if not (modules / "mathjax").is_dir():
+        sys.exit("node_modules is missing: run `npm ci` at the repository root (needs Node.js and npm)")
+    if ASSETS.exists():
+        shutil.rmtree(ASSETS)
+    ASSETS.mkdir(parents=True)
+    # MathJax loads fonts and TeX extensions relative to its own script; the speech engine (sre) is not used.
+    shutil.copytree(modules / "mathjax" / "es5", ASSETS / "mathjax", ignore=shutil.ignore_patterns("sre", "*.map"))
+    shutil.copy(modules / "requirejs" / "require.js", ASSETS / "require.min.js")
+    # embed-amd.js loads its icon fonts from its own folder, so the whole dist (less source maps) goes.
+    shutil.copytree(
+        modules / "@jupyter-widgets" / "html-manager" / "dist",
+        ASSETS / "html-manager",
+        ignore=shutil.ignore_patterns("*.map", "embed.js", "libembed-amd.js"),
+    )
+    print(f"vendored browser assets into {ASSETS.relative_to(ROOT)}")
+
+
+def _cells(nb: nbformat.NotebookNode) -> list[tuple[str, str]]:
+    return [(cell.cell_type, cell.source.strip()) for cell in nb.cells]
+
+
+def check() -> list[str]:
+    """Problems found: unpaired files, cells that differ, a wrong Colab set-up cell."""
+    problems = []
+    expected_setup = setup_cell_source(repository_url())
+    for md in sorted(BOOK.glob("*.md")):
+        ipynb = md.with_suffix(".ipynb")
+        if not ipynb.exists():
+            problems.append(f"{md.name}: no paired {ipynb.name}; run `python tools/book.py execute {md.relative_to(ROOT)}`")
+            continue
+        text_cells = _cells(jupytext.read(md))
+        nb_cells = _cells(nbformat.read(ipynb, as_version=4))
+        if text_cells != nb_cells:
+            first = next((i for i, (a, b) in enumerate(zip(text_cells, nb_cells)) if a != b), min(len(text_cells), len(nb_cells)))
+            problems.append(f"{md.name} and {ipynb.name} differ from cell {first}; regenerate with `python tools/book.py execute {md.relative_to(ROOT)}`")
+        code = [source for kind, source in text_cells if kind == "code"]
+        if not code or code[0] != expected_setup:
+            problems.append(f"{md.name}: the first code cell must be the Colab set-up cell from llmbook.colab.setup_cell_source")
+    for ipynb in sorted(BOOK.glob("*.ipynb")):
+        if not ipynb.with_suffix(".md").exists():
+            problems.append(f"{ipynb.name}: no paired .md source")
+    return problems
+
+
+def execute(paths: list[str]) -> None:
+    """Re-create each chapter's .ipynb from its .md, executed top to bottom with widget state saved."""
+    for name in paths:
+        md = (ROOT / name).resolve() if not Path(name).is_absolute() else Path(name)
+        if md.suffix != ".md" or not md.exists():
+            sys.exit(f"{name}: expected an existing book/*.md chapter source")
+        nb = jupytext.read(md)
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.metadata.setdefault("jupytext", {})["formats"] = "ipynb,md:myst"
+        print(f"executing {md.relative_to(ROOT)} ...", flush=True)
+        client = NotebookClient(nb, timeout=CHAPTER_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(md.parent)}}, store_widget_state=True)
+        client.execute()
+        for cell in nb.cells:  # timings and ids churn the diff without telling a reader anything
+            cell.metadata.pop("execution", None)
+        nbformat.write(nb, md.with_suffix(".ipynb"))
+        print(f"wrote {md.with_suffix('.ipynb').relative_to(ROOT)}")
+
+
+def test_config(out: str) -> None:
+    """Write a copy of _config.yml that renders the committed outputs instead of re-executing."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    config["execute"]["execute_notebooks"] = "off"
+    # Paths in the copy would resolve against its own folder: make them absolute.
+    sphinx = config["sphinx"]
+    sphinx["local_extensions"] = {name: str(ROOT / path) for name, path in sphinx["local_extensions"].items()}
+    sphinx["config"]["html_extra_path"] = [str(ROOT / path) for path in sphinx["config"]["html_extra_path"]]
+    Path(out).write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("vendor")
+    sub.add_parser("check")
+    run = sub.add_parser("execute")
+    run.add_argument("chapters", nargs="+")
+    cfg = sub.add_parser("test-config")
+    cfg.add_argument("out")
+    args = parser.parse_args()
+    if args.command == "vendor":
+        vendor()
+    elif args.command == "check":
+        problems = check()
+        print("\n".join(problems) or "every chapter's .md and .ipynb are in sync")
+        sys.exit(1 if problems else 0)
+    elif args.command == "execute":
+        execute(args.chapters)
+    else:
+        test_config(args.out)
+
+
+if __name__ == "__main__":
+    main()
