@@ -59,3 +59,18 @@ def make_tokenizer(vocab_size: int = VOCAB) -> HFTokenizer:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(CORPUS, trainer)
     return tok
+
+
+def make_pair(seed: int = 0, *, tie: bool = False, max_position_embeddings: int = 128):
+    """A random llmbook model (weights scaled up so greedy text varies) with the tiny tokenizer."""
+    from llmbook.model import CausalLM, ModelConfig
+    from llmbook.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(make_tokenizer(), bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_position_embeddings,
+                         tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(seed)
+    model = CausalLM(config).eval()
+    model.reset_parameters(std=0.15)
+    return model, tokenizer

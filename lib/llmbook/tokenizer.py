@@ -112,6 +112,10 @@ class Tokenizer:
             return i
 
         bos_from_template = _bos_from_post_processor(spec.get("post_processor"))
+        # Whether transformers would put BOS in front by default: tokenizer_config.json's
+        # add_bos_token when it says so, otherwise whether the post-processor template starts with one.
+        add_bos = self.tokenizer_config.get("add_bos_token")
+        self.adds_bos_by_default: bool = bool(add_bos) if isinstance(add_bos, bool) else bos_from_template is not None
         if bos_token_id is not None:
             self.bos_token_id = self._check_id("bos_token_id", bos_token_id)
         else:
@@ -150,7 +154,7 @@ class Tokenizer:
         self._tok.save(str(directory / "tokenizer.json"))
         config = {k: v for k, v in self.tokenizer_config.items() if k not in ("bos_token", "eos_token", "pad_token")}
         config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
-        config.setdefault("add_bos_token", False)
+        config.setdefault("add_bos_token", self.adds_bos_by_default)
         for key, i in (("bos_token", self.bos_token_id), ("eos_token", self.eos_token_id), ("pad_token", self.pad_token_id)):
             config[key] = self._tok.id_to_token(i) if i is not None else None
         (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
