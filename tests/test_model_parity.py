@@ -87,3 +87,20 @@ def test_saved_model_loads_in_transformers(pair, tmp_path):
     ours_again = load_model(tmp_path, device="cpu")
     with torch.no_grad():
         assert torch.equal(ours_again(ids), ours(ids))
+
+
+def test_batched_generate_matches_transformers_left_padding(pair):
+    from llmbook.generate import generate_ids
+
+    name, hf, ours, _ = pair
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(4, hf.config.vocab_size, (n,), generator=g).tolist() for n in (11, 4, 7)]
+    steps = 20
+    result = generate_ids(ours, prompts, max_new_tokens=steps, temperature=0)
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        reference = hf.generate(ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=steps,
+                                do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert result.tokens == reference[:, width:].tolist(), name
