@@ -49,6 +49,8 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "Qwen2ForCausalLM": "qwen2",
 }
 _SUPPORTED_ROPE_TYPES = ("default", "llama3")
+# scaled_dot_product_attention(..., enable_gqa=True) exists from torch 2.5 on.
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -419,14 +421,17 @@ class KVCache:
         self.values[layer, :, :, self.length:end] = v
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
-    def advance(self, mask: torch.Tensor) -> None:
-        """Mark T new slots as filled; ``mask`` (B, T) is True for real tokens. Called once per forward pass."""
-        t = mask.shape[1]
-        self.mask[:, self.length:self.length + t] = mask
-        self.next_position += mask.sum(dim=1)
+    def advance(self, t: int, mask: torch.Tensor | None = None) -> None:
+        """Mark T new slots as filled; ``mask`` (B, T) is True for real tokens (None: all real). Once per forward pass."""
+        if mask is None:
+            self.mask[:, self.length:self.length + t] = True
+            self.next_position += t
+        else:
+            self.mask[:, self.length:self.length + t] = mask
+            self.next_position += mask.sum(dim=1)
+            if not self.has_padding and not bool(mask.all()):
+                self.has_padding = True
         self.length += t
-        if not self.has_padding and not bool(mask.all()):
-            self.has_padding = True
 
     def truncate(self, length: int) -> None:
         """Forget every slot from ``length`` on (e.g. rejected draft tokens in speculative decoding)."""
@@ -471,13 +476,16 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)  # (B, K, S, d)
-        if self.num_kv_heads != self.num_heads:
-            # Each key/value head serves H/K query heads: repeat it so head h reads group h // (H/K).
+        # Each key/value head serves H/K query heads: query head h reads key/value head h // (H/K).
+        gqa = self.num_kv_heads != self.num_heads
+        if gqa and not _SDPA_HAS_GQA:  # torch < 2.5: materialize the repeated heads
             groups = self.num_heads // self.num_kv_heads
             k = k.repeat_interleave(groups, dim=1)  # (B, H, S, d)
             v = v.repeat_interleave(groups, dim=1)
+            gqa = False
         # softmax(q k^T / sqrt(d) + mask) v, fused; `mask` is boolean (True = may attend), (B, 1, T, S).
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, T, d)
+        extra = {"enable_gqa": True} if gqa else {}  # the kernel indexes the shared head, no copy
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, **extra)  # (B, H, T, d)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))  # (B, T, D)
 
 
@@ -667,7 +675,7 @@ class CausalLM(nn.Module):
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask, is_causal, cache)
         if cache is not None:
-            cache.advance(real if real is not None else torch.ones(b, t, dtype=torch.bool, device=input_ids.device))
+            cache.advance(t, real)
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.model.norm(x))  # (B, T, V)
