@@ -33,6 +33,8 @@ def test_load_local_directory(hf_dir):
     model, tok = load(directory, device="cpu")
     assert isinstance(tok, Tokenizer) and tok.bos_token_id == 1 and tok.eos_token_id == 2
     assert not model.training and model.dtype == torch.float32
+    # weights live in fresh (64-byte aligned) memory, not in the memory-mapped file at the header's offset
+    assert all(p.data_ptr() % 64 == 0 for p in model.parameters())
     ids = torch.randint(0, 300, (1, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (model(ids) - hf(ids).logits).abs().max() <= 1e-4

@@ -110,7 +110,14 @@ def load_model(directory: str | os.PathLike[str], device: torch.device | str | N
     where = ", ".join(str(f) for f in files)
     if missing or unexpected:
         raise ModelLoadError(f"weights in {where} do not match the config: missing {missing[:8]}, unexpected {unexpected[:8]}")
-    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+    for key in list(state):
+        loaded = state[key]
+        moved = loaded.to(device=device, dtype=dtype)
+        if moved.data_ptr() == loaded.data_ptr():
+            # Still the memory-mapped file, at whatever offset the header left it (often not 64-byte
+            # aligned): matrix multiplies run measurably slower there, so copy into fresh memory.
+            moved = moved.clone()
+        state[key] = moved
     try:
         model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as err:  # shape mismatch
