@@ -20,7 +20,7 @@ Parameter names are exactly those of Hugging Face ``transformers`` (``model.laye
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
