@@ -1,12 +1,18 @@
 """Turning logits into a next-token distribution, and drawing from it.
 
 Temperature rescales logits before the softmax: p_i = exp(z_i / T) / sum_j exp(z_j / T).
+Top-k, top-p (nucleus) and min-p then cut the tail of that distribution. Each step is a
+*logits processor*, a callable ``logits (..., vocab) -> logits`` that sets filtered-out
+entries to -inf, so they compose: ``apply_processors(logits, build_processors(...))``.
+:func:`probabilities` and :func:`sample` run the same chain (fused, with identical results).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 
@@ -23,11 +29,14 @@ def _check_logits(logits: torch.Tensor) -> torch.Tensor:
         raise ValueError("logits must be a floating-point torch.Tensor")
     if logits.ndim == 0 or logits.shape[-1] == 0:
         raise ValueError(f"logits must have a non-empty last (vocabulary) dimension, got shape {tuple(logits.shape)}")
-    if torch.isnan(logits).any():
+    # One reduction answers all three questions: amax propagates NaN, and a row's max is
+    # +inf if any entry is, -inf only if all are.
+    row_max = logits.amax(dim=-1)
+    if torch.isnan(row_max).any():
         raise ValueError("logits contain NaN")
-    if (logits == float("inf")).any():
+    if (row_max == float("inf")).any():
         raise ValueError("logits contain +inf")
-    if (logits == float("-inf")).all(dim=-1).any():
+    if (row_max == float("-inf")).any():
         raise ValueError("every logit of a row is -inf: no token can be sampled")
     return logits
 
@@ -54,3 +63,332 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
         raise ValueError("probs must be non-negative and contain no NaN")
     # Adding 0.0 turns the -0.0 of a certain outcome into 0.0, so printed tables read "0.000".
     return -(torch.special.xlogy(probs, probs)).sum(dim=-1) + 0.0
+
+
+# --------------------------------------------------------------------------------------
+# Argument checks shared by the processors and the sampling functions.
+# --------------------------------------------------------------------------------------
+
+
+def _is_int(value: object) -> bool:
+    # bool is an int subclass, but top_k=True is a bug, not a request for one token.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_top_k(top_k: int) -> int:
+    if not _is_int(top_k) or top_k < 1:
+        raise ValueError(f"top_k must be an int >= 1 (or None to disable), got {top_k!r}")
+    return top_k
+
+
+def _check_top_p(top_p: float) -> float:
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not (0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be a number in (0, 1] (or None to disable), got {top_p!r}")
+    return float(top_p)
+
+
+def _check_min_p(min_p: float) -> float:
+    if isinstance(min_p, bool) or not isinstance(min_p, (int, float)) or not (0.0 <= min_p <= 1.0):
+        raise ValueError(f"min_p must be a number in [0, 1] (or None to disable), got {min_p!r}")
+    return float(min_p)
+
+
+def _check_min_tokens_to_keep(min_tokens_to_keep: int) -> int:
+    if not _is_int(min_tokens_to_keep) or min_tokens_to_keep < 1:
+        raise ValueError(f"min_tokens_to_keep must be an int >= 1, got {min_tokens_to_keep!r}")
+    return min_tokens_to_keep
+
+
+NEG_INF = float("-inf")
+
+
+# --------------------------------------------------------------------------------------
+# Logits processors: callables logits (..., vocab) -> logits with filtered entries at -inf.
+# Each one computes exactly what the transformers warper of the same name computes (same
+# operations in the same order and dtype), so the kept token sets and the resulting
+# probabilities are bit-identical; tests/test_sampling_parity.py checks this.
+# --------------------------------------------------------------------------------------
+
+
+class Temperature:
+    """Divide the logits by ``temperature`` (> 0 flattens or sharpens the softmax).
+
+    ``temperature == 0`` is the T -> 0 limit used for greedy decoding: every logit except
+    the argmax (the first one on ties, like ``torch.argmax``) becomes -inf.
+    """
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = _check_temperature(temperature)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        _check_logits(logits)
+        if self.temperature == 0.0:
+            keep = logits.argmax(dim=-1, keepdim=True)
+            return torch.full_like(logits, NEG_INF).scatter_(-1, keep, logits.gather(-1, keep))
+        # A division, not a multiplication by 1/T: the two differ in the last bit.
+        return logits / self.temperature
+
+    def __repr__(self) -> str:
+        return f"Temperature({self.temperature})"
+
+
+class TopK:
+    """Keep the ``top_k`` largest logits (at least ``min_tokens_to_keep``), mask the rest.
+
+    Every token tied with the k-th largest logit is kept too, so a row can keep more than
+    k tokens (transformers does the same). A ``top_k`` larger than the vocabulary keeps all.
+    """
+
+    def __init__(self, top_k: int, min_tokens_to_keep: int = 1) -> None:
+        self.top_k = _check_top_k(top_k)
+        self.min_tokens_to_keep = _check_min_tokens_to_keep(min_tokens_to_keep)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        _check_logits(logits)
+        k = min(max(self.top_k, self.min_tokens_to_keep), logits.shape[-1])
+        kth_largest = torch.topk(logits, k, dim=-1).values[..., -1:]
+        return logits.masked_fill(logits < kth_largest, NEG_INF)
+
+    def __repr__(self) -> str:
+        return f"TopK({self.top_k}, min_tokens_to_keep={self.min_tokens_to_keep})"
+
+
+class TopP:
+    """Nucleus filtering: keep the smallest set of most likely tokens whose mass reaches ``top_p``.
+
+    Computed from the bottom, as transformers does: sort ascending, and drop every token
+    whose cumulative probability (float cumsum in the logits' dtype) is ``<= 1 - top_p``.
+    The ``<=`` means a token whose removal would leave exactly ``top_p`` of the mass is
+    dropped. Ties at the boundary are split by the order ``torch.sort`` happens to give
+    equal values, so two tokens with the same logit can end up on different sides.
+    With ``top_p == 1`` the threshold is 0: only tokens whose probability underflows to 0
+    (and -inf ones) are dropped.
+    """
+
+    def __init__(self, top_p: float, min_tokens_to_keep: int = 1) -> None:
+        self.top_p = _check_top_p(top_p)
+        self.min_tokens_to_keep = _check_min_tokens_to_keep(min_tokens_to_keep)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        _check_logits(logits)
+        sorted_logits, sorted_indices = torch.sort(logits, dim=-1, descending=False)
+        cumulative_probs = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        sorted_to_remove = cumulative_probs <= (1 - self.top_p)
+        sorted_to_remove[..., -self.min_tokens_to_keep :] = False  # the most likely always stay
+        # Sorted position i holds token sorted_indices[i]: send each decision back to its token.
+        to_remove = sorted_to_remove.scatter(-1, sorted_indices, sorted_to_remove)
+        return logits.masked_fill(to_remove, NEG_INF)
+
+    def __repr__(self) -> str:
+        return f"TopP({self.top_p}, min_tokens_to_keep={self.min_tokens_to_keep})"
+
+
+class MinP:
+    """Keep tokens whose probability is at least ``min_p`` times the top token's probability.
+
+    The cut adapts to confidence: a peaked distribution keeps few tokens, a flat one many.
+    The ``min_tokens_to_keep`` most likely tokens always stay (``torch.topk`` picks among ties).
+    """
+
+    def __init__(self, min_p: float, min_tokens_to_keep: int = 1) -> None:
+        self.min_p = _check_min_p(min_p)
+        self.min_tokens_to_keep = _check_min_tokens_to_keep(min_tokens_to_keep)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        _check_logits(logits)
+        probs = logits.softmax(dim=-1)
+        threshold = self.min_p * probs.amax(dim=-1, keepdim=True)
+        to_remove = probs < threshold
+        k = min(self.min_tokens_to_keep, logits.shape[-1])
+        to_remove.scatter_(-1, torch.topk(probs, k, dim=-1).indices, False)
+        return logits.masked_fill(to_remove, NEG_INF)
+
+    def __repr__(self) -> str:
+        return f"MinP({self.min_p}, min_tokens_to_keep={self.min_tokens_to_keep})"
+
+
+Processor = Callable[[torch.Tensor], torch.Tensor]
+
+
+def build_processors(
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+) -> list[Processor]:
+    """The processors for these settings, in transformers' order: temperature, top-k, top-p, min-p.
+
+    Like ``transformers`` ``generate``, a no-op setting adds nothing: temperature 1,
+    top_p 1, and None for any filter.
+    """
+    temperature = _check_temperature(temperature)
+    processors: list[Processor] = []
+    if temperature != 1.0:
+        processors.append(Temperature(temperature))
+    if top_k is not None:
+        processors.append(TopK(top_k))
+    if top_p is not None and _check_top_p(top_p) < 1.0:
+        processors.append(TopP(top_p))
+    if min_p is not None:
+        processors.append(MinP(min_p))
+    return processors
+
+
+def apply_processors(logits: torch.Tensor, processors: Sequence[Processor]) -> torch.Tensor:
+    """Run ``processors`` left to right over ``logits`` (the input is not modified)."""
+    _check_logits(logits)
+    for processor in processors:
+        if not callable(processor):
+            raise ValueError(f"processors must be callables logits -> logits, got {processor!r}")
+        logits = processor(logits)
+    return logits
+
+
+# --------------------------------------------------------------------------------------
+# The fused path used by probabilities() and sample(). It returns the same masked logits as
+# apply_processors(logits, build_processors(...)), bit for bit, but does less work:
+#  - one owned copy of the logits, masked in place;
+#  - top-p needs the sorted *values* only (they are unique whatever the sort order of ties),
+#    so after top-k it assembles them from torch.topk's k values instead of sorting the
+#    vocabulary, and otherwise sorts values with numpy's SIMD sort on CPU (~10x torch.sort);
+#  - the kept set is then "logit >= first kept value", a comparison instead of a scatter;
+#    only when equal logits straddle the cut does it need torch.sort's order of ties, and
+#    then it falls back to TopP itself so the split is exactly transformers'.
+# --------------------------------------------------------------------------------------
+
+
+def _sorted_values(x: torch.Tensor) -> torch.Tensor:
+    """``torch.sort(x).values`` computed the fastest way available on x's device."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(np.sort(x.detach().numpy(), axis=-1))
+    return torch.sort(x, dim=-1).values
+
+
+def _filter(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    min_p: float | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Masked logits (a new tensor) and, when known, indices that cover every kept token."""
+    vocab = logits.shape[-1]
+    x = logits / temperature if temperature != 1.0 else logits.clone()
+    candidates = None  # (..., k) indices containing every surviving token, if cheaply known
+    topk_values = None  # their logits sorted descending, if they are exactly the survivors
+    if top_k is not None and top_k < vocab:
+        topk_values, candidates = torch.topk(x, top_k, dim=-1)
+        to_remove = x < topk_values[..., -1:]
+        x.masked_fill_(to_remove, NEG_INF)
+        if bool((to_remove.sum(dim=-1) != vocab - top_k).any()):
+            # Ties with the k-th value keep more than k tokens: topk's list is incomplete.
+            topk_values = candidates = None
+    if top_p is not None and top_p < 1.0:
+        if topk_values is not None:
+            # After top-k the ascending sort is (vocab - k) times -inf, then the k values.
+            sorted_logits = torch.full_like(x, NEG_INF)
+            sorted_logits[..., vocab - top_k :] = topk_values.flip(-1)
+        else:
+            sorted_logits = _sorted_values(x)
+        cumulative_probs = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        n_removed = (cumulative_probs <= (1 - top_p)).sum(dim=-1, keepdim=True)
+        n_removed.clamp_(max=vocab - 1)  # min_tokens_to_keep = 1: the top token stays
+        first_kept = sorted_logits.gather(-1, n_removed)
+        last_removed = sorted_logits.gather(-1, (n_removed - 1).clamp(min=0))
+        straddles = (n_removed > 0) & (last_removed == first_kept) & (first_kept > NEG_INF)
+        if bool(straddles.any()):
+            x = TopP(top_p)(x)
+        else:
+            x.masked_fill_(x < first_kept, NEG_INF)
+    if min_p is not None:
+        probs = x.softmax(dim=-1)
+        # min_tokens_to_keep = 1 needs no topk: the top token never falls below min_p * itself.
+        x.masked_fill_(probs < min_p * probs.amax(dim=-1, keepdim=True), NEG_INF)
+    return x, candidates
+
+
+def _check_settings(
+    temperature: float, top_k: int | None, top_p: float | None, min_p: float | None
+) -> tuple[float, int | None, float | None, float | None]:
+    return (
+        _check_temperature(temperature),
+        None if top_k is None else _check_top_k(top_k),
+        None if top_p is None else _check_top_p(top_p),
+        None if min_p is None else _check_min_p(min_p),
+    )
+
+
+def _greedy_one_hot(logits: torch.Tensor) -> torch.Tensor:
+    probs = torch.zeros_like(logits)
+    return probs.scatter_(-1, logits.argmax(dim=-1, keepdim=True), 1.0)
+
+
+def probabilities(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+) -> torch.Tensor:
+    """The distribution that :func:`sample` draws from, shape ``logits.shape``.
+
+    Equal to ``softmax(apply_processors(logits, build_processors(...)))``. Temperature 0
+    gives the one-hot greedy distribution on the argmax (first index on ties).
+    """
+    temperature, top_k, top_p, min_p = _check_settings(temperature, top_k, top_p, min_p)
+    _check_logits(logits)
+    if temperature == 0.0:
+        return _greedy_one_hot(logits)
+    filtered, _ = _filter(logits, temperature, top_k, top_p, min_p)
+    return filtered.softmax(dim=-1)
+
+
+def sample(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw one token id per row of ``logits`` (..., vocab); returns a LongTensor of shape ``logits.shape[:-1]``.
+
+    Temperature 0 is greedy (argmax), as in the OpenAI API. Otherwise one
+    ``torch.multinomial`` draw from :func:`probabilities`, using ``generator`` (on the
+    logits' device) when given, so seeded runs reproduce.
+    """
+    temperature, top_k, top_p, min_p = _check_settings(temperature, top_k, top_p, min_p)
+    _check_logits(logits)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    batch_shape = logits.shape[:-1]
+    vocab = logits.shape[-1]
+    filtered, candidates = _filter(logits.reshape(-1, vocab), temperature, top_k, top_p, min_p)
+    if candidates is None:
+        # Drawing over the whole vocabulary costs one random number per token; when few
+        # tokens survive, draw over the survivors only (the largest ones, found by topk).
+        n_kept = int((filtered > NEG_INF).sum(dim=-1).max())
+        if n_kept * 8 <= vocab:
+            candidates = torch.topk(filtered, n_kept, dim=-1).indices
+    if candidates is None:
+        choice = torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator)
+    else:
+        # Same distribution as probabilities(): filtered-out candidates get probability 0.
+        probs = filtered.gather(-1, candidates).softmax(dim=-1)
+        choice = candidates.gather(-1, torch.multinomial(probs, 1, generator=generator))
+    return choice.reshape(batch_shape)
+
+
+def nucleus_size(logits: torch.Tensor, top_p: float, temperature: float = 1.0) -> torch.Tensor:
+    """How many tokens top-p keeps in each row (LongTensor of shape ``logits.shape[:-1]``)."""
+    top_p = _check_top_p(top_p)
+    temperature = _check_temperature(temperature)
+    _check_logits(logits)
+    if temperature == 0.0:
+        return torch.ones(logits.shape[:-1], dtype=torch.long, device=logits.device)
+    x = logits / temperature if temperature != 1.0 else logits
+    return (TopP(top_p)(x) > NEG_INF).sum(dim=-1)

@@ -1,0 +1,298 @@
+"""The generation loop: prompt(s) in, text out.
+
+One prefill pass runs every prompt through the model and fills the KV cache; then each step
+feeds only the newly chosen token (O(1) new tokens per step). Prompts of different lengths
+share a batch by left padding: the model masks the padding and counts positions over real
+tokens only, so each row generates what it would alone.
+
+Each step turns the last logits into a distribution with ``llmbook.sampling`` (temperature,
+top-k, top-p, min-p) and draws from it with a seeded ``torch.Generator``: the same seed gives
+the same text. The result keeps the probability of every chosen token, and optionally the
+whole processed distribution of the first steps, for plotting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from llmbook.model import CausalLM
+from llmbook.sampling import probabilities, sample
+from llmbook.tokenizer import Tokenizer
+
+__all__ = ["GenerationResult", "generate", "generate_ids"]
+
+FINISH_EOS, FINISH_STOP, FINISH_LENGTH = "eos", "stop", "length"
+
+
+@dataclass
+class GenerationResult:
+    """What a generation produced, one entry per prompt.
+
+    ``tokens[i]``: generated ids (the EOS id is included when the row ended on it).
+    ``texts[i]``: their text, without EOS and cut before a stop string ('' from ``generate_ids``).
+    ``token_probs[i][t]``: probability of the token chosen at step t under the processed distribution.
+    ``distributions``: (batch, steps, vocab) float32 CPU tensor of the processed distributions of the
+    first ``record_distributions`` steps (rows that had finished hold the distribution they were not sampled from).
+    ``finish_reasons[i]``: ``'eos'``, ``'stop'`` (a stop string) or ``'length'`` (max_new_tokens reached).
+    """
+
+    prompt_ids: list[list[int]]
+    tokens: list[list[int]]
+    token_probs: list[list[float]]
+    finish_reasons: list[str]
+    texts: list[str] = field(default_factory=list)
+    distributions: torch.Tensor | None = None
+
+    @property
+    def text(self) -> str:
+        """The text of the first (often only) prompt."""
+        return self.texts[0]
+
+
+def _check_int(name: str, value: object, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+# A step hook sees (step, chosen ids of all rows as a list, rows still running) and returns the
+# rows that must stop now (e.g. a stop string appeared). Used by `generate` for text-level logic.
+StepHook = Callable[[int, list[int], list[bool]], Sequence[int]]
+
+
+@torch.inference_mode()
+def generate_ids(
+    model: CausalLM,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    seed: int | None = 0,
+    generator: torch.Generator | None = None,
+    eos_token_ids: Sequence[int] | int | None = None,
+    record_distributions: int = 0,
+    on_step: StepHook | None = None,
+) -> GenerationResult:
+    """Generate from token-id prompts (a list of lists); the loop behind :func:`generate`.
+
+    ``seed`` seeds a fresh generator on the model's device (ignored when ``generator`` is given).
+    Rows stop at any of ``eos_token_ids`` or after ``max_new_tokens``.
+    """
+    if not isinstance(model, CausalLM):
+        raise ValueError(f"model must be a llmbook CausalLM, got {type(model).__name__}")
+    if isinstance(prompt_ids, torch.Tensor):
+        prompt_ids = prompt_ids.tolist()
+    if isinstance(prompt_ids, (str, bytes)) or not isinstance(prompt_ids, Sequence) or len(prompt_ids) == 0:
+        raise ValueError("prompt_ids must be a non-empty list of token-id lists")
+    prompts = [[int(t) for t in p] for p in prompt_ids]
+    vocab, context = model.config.vocab_size, model.config.max_position_embeddings
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
+        if min(p) < 0 or max(p) >= vocab:
+            raise ValueError(f"prompt {i} has token ids outside [0, {vocab - 1}]")
+    _check_int("max_new_tokens", max_new_tokens, 0)
+    _check_int("record_distributions", record_distributions, 0)
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens > context:
+        raise ValueError(
+            f"prompt length ({longest} tokens) + max_new_tokens ({max_new_tokens}) must be <= "
+            f"max_position_embeddings ({context})"
+        )
+    if eos_token_ids is None:
+        eos = []
+    else:
+        eos = [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids)
+    for e in eos:
+        if isinstance(e, bool) or not isinstance(e, int) or not 0 <= e < vocab:
+            raise ValueError(f"eos_token_ids must be token ids in [0, {vocab - 1}], got {eos_token_ids!r}")
+    if generator is None:
+        if seed is not None:
+            _check_int("seed", seed, 0)
+            generator = torch.Generator(device=model.device).manual_seed(seed)
+    elif not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    # Validate the sampler settings now, not after an expensive prefill.
+    probabilities(torch.zeros(1, 2), **settings)
+
+    batch = len(prompts)
+    device = model.device
+    result = GenerationResult(prompt_ids=prompts, tokens=[[] for _ in prompts],
+                              token_probs=[[] for _ in prompts], finish_reasons=[FINISH_LENGTH] * batch)
+    if max_new_tokens == 0:
+        return result
+
+    # Left-pad to a rectangle; the pad value is never attended to (token 0 is as good as any).
+    ids = torch.zeros(batch, longest, dtype=torch.long)
+    mask = torch.zeros(batch, longest, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        ids[i, longest - len(p):] = torch.tensor(p)
+        mask[i, longest - len(p):] = True
+    ids, mask = ids.to(device), mask.to(device)
+    padded = not bool(mask.all())
+
+    cache = model.new_cache(batch, longest + max_new_tokens)
+    logits = model(ids, cache=cache, attention_mask=mask if padded else None, last_only=True)[:, -1]
+
+    chosen = torch.zeros(batch, max_new_tokens, dtype=torch.long, device=device)
+    chosen_p = torch.zeros(batch, max_new_tokens, dtype=torch.float32, device=device)
+    recorded: list[torch.Tensor] = []
+    eos_t = torch.tensor(eos, dtype=torch.long, device=device)
+    running = [True] * batch
+    last_step = [max_new_tokens - 1] * batch  # index of each row's final token
+
+    for step in range(max_new_tokens):
+        scores = logits.float()  # sample in float32 whatever the model's dtype
+        token = sample(scores, generator=generator, **settings)  # (B,)
+        probs = probabilities(scores, **settings)  # (B, V): the distribution `token` was drawn from
+        chosen[:, step] = token
+        chosen_p[:, step] = probs.gather(1, token[:, None])[:, 0]
+        if step < record_distributions:
+            recorded.append(probs.cpu())
+
+        # Rows that end now: EOS, or whatever the hook (stop strings) says.
+        token_list = token.tolist()
+        ended = []
+        if eos:
+            ended = [i for i, hit in enumerate(torch.isin(token, eos_t).tolist()) if hit and running[i]]
+            for i in ended:
+                result.finish_reasons[i] = FINISH_EOS
+        for i in ended:
+            running[i], last_step[i] = False, step
+        if on_step is not None:
+            for i in on_step(step, token_list, list(running)):
+                if running[i]:
+                    running[i], last_step[i] = False, step
+                    result.finish_reasons[i] = FINISH_STOP
+        if not any(running) or step == max_new_tokens - 1:
+            break
+        # Finished rows keep decoding (the batch stays rectangular); their tokens are discarded.
+        logits = model(token[:, None], cache=cache)[:, -1]
+
+    chosen_list, p_list = chosen.tolist(), chosen_p.tolist()
+    for i in range(batch):
+        result.tokens[i] = chosen_list[i][: last_step[i] + 1]
+        result.token_probs[i] = p_list[i][: last_step[i] + 1]
+    if recorded:
+        result.distributions = torch.stack(recorded, dim=1)  # (B, N, V)
+    return result
+
+
+class _TextTracker:
+    """Per-row decoded text, stop-string detection and streaming of safe-to-show pieces."""
+
+    def __init__(self, tokenizer: Tokenizer, batch: int, stop: list[str], eos: set[int],
+                 stream: Callable[[int, str], None] | None) -> None:
+        self.tokenizer, self.stop, self.eos, self.stream = tokenizer, stop, eos, stream
+        self.ids: list[list[int]] = [[] for _ in range(batch)]
+        self.texts = [""] * batch
+        self.emitted = [0] * batch  # characters already passed to `stream`
+
+    def _emit(self, row: int, upto: int) -> None:
+        if self.stream is not None and upto > self.emitted[row]:
+            self.stream(row, self.texts[row][self.emitted[row]:upto])
+            self.emitted[row] = upto
+
+    def __call__(self, step: int, tokens: list[int], running: list[bool]) -> list[int]:
+        stopped = []
+        for row, (token, alive) in enumerate(zip(tokens, running)):
+            if not alive and token in self.eos and len(self.ids[row]) == step:
+                self._emit(row, len(self.texts[row]))  # ended on EOS just now: flush what was held back
+            if not alive or len(self.ids[row]) != step:
+                continue
+            self.ids[row].append(token)
+            text = self.tokenizer.decode(self.ids[row])
+            self.texts[row] = text
+            cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                self.texts[row] = text[:cut]
+                self._emit(row, cut)
+                stopped.append(row)
+                continue
+            # Hold back an incomplete UTF-8 character and any tail that may grow into a stop string.
+            end = len(text) - 1 if text.endswith("\ufffd") else len(text)
+            hold = 0
+            for s in self.stop:
+                for k in range(min(len(s) - 1, end), 0, -1):  # longest tail of the text that starts s
+                    if text[end - k:end] == s[:k]:
+                        hold = max(hold, k)
+                        break
+            self._emit(row, end - hold)
+        return stopped
+
+    def finish(self) -> None:
+        for row in range(len(self.ids)):
+            self._emit(row, len(self.texts[row]))
+
+
+def generate(
+    model: CausalLM,
+    tokenizer: Tokenizer,
+    prompts: str | Sequence[str],
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    seed: int | None = 0,
+    generator: torch.Generator | None = None,
+    stop: Sequence[str] = (),
+    stop_at_eos: bool = True,
+    add_bos: bool | None = None,
+    stream: Callable[[int, str], None] | None = None,
+    record_distributions: int = 0,
+) -> GenerationResult:
+    """Continue ``prompts`` (a string or a list of strings) with ``model``; returns a :class:`GenerationResult`.
+
+    ``stop``: strings that end a row (the text is cut before them). ``stop_at_eos``: end a row at
+    the tokenizer's/model's EOS. ``add_bos`` (default: what the tokenizer does by default) puts
+    BOS in front of each prompt. ``stream(row, piece)`` is called with each new piece of text as
+    soon as it is final (incomplete characters and possible stop-string prefixes are held back).
+    Same ``seed`` (or generator state), same output.
+    """
+    if not isinstance(tokenizer, Tokenizer):
+        raise ValueError(f"tokenizer must be a llmbook Tokenizer, got {type(tokenizer).__name__}")
+    single = isinstance(prompts, str)
+    texts = [prompts] if single else list(prompts) if isinstance(prompts, Sequence) else None
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise ValueError("prompts must be a str or a non-empty list of str")
+    if isinstance(stop, str):
+        stop = [stop]
+    stop = list(stop)
+    if not all(isinstance(s, str) and s for s in stop):
+        raise ValueError(f"stop must be a list of non-empty strings, got {stop!r}")
+    if stream is not None and not callable(stream):
+        raise ValueError("stream must be a callable (row, text) or None")
+    if add_bos is None:
+        add_bos = tokenizer.adds_bos_by_default and tokenizer.bos_token_id is not None
+    prompt_ids = tokenizer.encode_batch(texts, add_bos=add_bos)
+    for i, p in enumerate(prompt_ids):
+        if not p:
+            raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
+
+    eos: set[int] = set()
+    if stop_at_eos:
+        if tokenizer.eos_token_id is not None:
+            eos.add(tokenizer.eos_token_id)
+        config_eos = model.config.eos_token_id
+        eos.update(config_eos if isinstance(config_eos, list) else [] if config_eos is None else [config_eos])
+    tracker = _TextTracker(tokenizer, len(texts), stop, eos, stream) if (stop or stream) else None
+    result = generate_ids(
+        model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        min_p=min_p, seed=seed, generator=generator, eos_token_ids=sorted(eos) or None,
+        record_distributions=record_distributions, on_step=tracker,
+    )
+    if tracker is not None:
+        tracker.finish()
+        result.texts = tracker.texts
+    else:
+        result.texts = [tokenizer.decode([t for t in row if t not in eos]) for row in result.tokens]
+    return result

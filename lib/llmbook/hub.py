@@ -1,0 +1,217 @@
+"""Load and save models in the Hugging Face layout.
+
+``load`` takes one of
+- ``"tinyworld-main"`` / ``"tinyworld-draft"``: the book's own models, shipped in ``llmbook/assets/<name>/``;
+- a local directory with ``config.json``, ``model.safetensors`` (or shards plus
+  ``model.safetensors.index.json``) and ``tokenizer.json``;
+- a Hugging Face Hub id such as ``"HuggingFaceTB/SmolLM2-135M"`` (downloaded with ``huggingface_hub``).
+Supported architectures: Llama (``LlamaForCausalLM``, which SmolLM also uses) and Qwen2.
+
+``save_pretrained`` writes the same layout, which ``transformers.AutoModelForCausalLM`` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from llmbook.device import pick_device, resolve_dtype
+from llmbook.model import SUPPORTED_ARCHITECTURES, CausalLM, ModelConfig
+from llmbook.tokenizer import Tokenizer
+
+__all__ = ["load", "load_model", "save_pretrained", "ModelLoadError", "SHIPPED_MODELS", "ASSETS_DIR"]
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+SHIPPED_MODELS = ("tinyworld-main", "tinyworld-draft")
+# Buffers some older checkpoints saved; they are recomputed here, never read.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+# "name" or "owner/name"; anything else (./x, /abs/path, a/b/c) is taken as a local path.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+class ModelLoadError(ValueError):
+    """A model could not be found, downloaded or read; the message names the file or id and why."""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelLoadError(f"missing file: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelLoadError(f"corrupt JSON file {path}: {err}") from err
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    single = directory / "model.safetensors"
+    index = directory / "model.safetensors.index.json"
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ModelLoadError(f"{index} has no 'weight_map'")
+        files = [directory / name for name in sorted(set(weight_map.values()))]
+        for f in files:
+            if not f.is_file():
+                raise ModelLoadError(f"missing weights shard {f} (listed in {index})")
+        return files
+    raise ModelLoadError(
+        f"no weights in {directory}: expected model.safetensors or model.safetensors.index.json "
+        "(PyTorch .bin checkpoints are not read; convert them to safetensors)"
+    )
+
+
+def _read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            state.update(load_file(str(f), device="cpu"))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ModelLoadError(f"corrupt or unreadable weights file {f}: {err}") from err
+    return state
+
+
+def load_model(directory: str | os.PathLike[str], device: torch.device | str | None = None,
+               dtype: torch.dtype | str | None = None) -> CausalLM:
+    """The model in a local Hugging Face-layout directory, on ``device`` in ``dtype`` (default float32), in eval mode."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelLoadError(f"model directory not found: {directory}")
+    device = pick_device(device)
+    dtype = resolve_dtype(dtype, device)
+    config_file = directory / "config.json"
+    try:
+        config = ModelConfig.from_hf(_read_json(config_file))
+    except ModelLoadError:
+        raise
+    except (ValueError, KeyError, TypeError) as err:
+        raise ModelLoadError(f"{config_file}: {err}") from err
+    files = _weight_files(directory)
+    state = {k: v for k, v in _read_state_dict(files).items() if not k.endswith(_IGNORED_SUFFIXES)}
+
+    # Build on the meta device (no memory, no random init) and adopt the checkpoint's tensors.
+    model = CausalLM(config, device="meta", dtype=dtype)
+    expected = set(model.state_dict())
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # one matrix; the embedding is authoritative, as in transformers
+        expected.discard("lm_head.weight")
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    where = ", ".join(str(f) for f in files)
+    if missing or unexpected:
+        raise ModelLoadError(f"weights in {where} do not match the config: missing {missing[:8]}, unexpected {unexpected[:8]}")
+    for key in list(state):
+        loaded = state[key]
+        moved = loaded.to(device=device, dtype=dtype)
+        if moved.data_ptr() == loaded.data_ptr():
+            # Still the memory-mapped file, at whatever offset the header left it (often not 64-byte
+            # aligned): matrix multiplies run measurably slower there, so copy into fresh memory.
+            moved = moved.clone()
+        state[key] = moved
+    try:
+        model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as err:  # shape mismatch
+        raise ModelLoadError(f"weights in {where} do not match {config_file}: {err}") from err
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.model.rotary_emb.reset(device)
+    model.eval()
+    return model
+
+
+def _resolve(name_or_path: str | os.PathLike[str]) -> Path:
+    name = str(name_or_path)
+    if name in SHIPPED_MODELS:
+        directory = ASSETS_DIR / name
+        if not (directory / "config.json").is_file():
+            raise ModelLoadError(
+                f"model {name!r} is not shipped in this install (expected in {directory}); "
+                "install a version of llmbook that includes the TinyWorld weights, or pass a local directory or hub id"
+            )
+        return directory
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if isinstance(name_or_path, os.PathLike) or not _HUB_ID.fullmatch(name):
+        raise ModelLoadError(f"model directory not found: {path}")
+    return _download(name)
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as err:  # pragma: no cover - huggingface_hub is a dependency
+        raise ModelLoadError(f"cannot download {repo_id!r}: huggingface_hub is not installed") from err
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"]))
+    except Exception as err:  # network down, offline mode, unknown repo, gated repo: all end here
+        reason = f"{type(err).__name__}: {err}".strip()
+        raise ModelLoadError(
+            f"could not get {repo_id!r} from the Hugging Face Hub ({reason.splitlines()[0]}). "
+            f"It is neither a shipped model {list(SHIPPED_MODELS)} nor a local directory."
+        ) from err
+
+
+def load(name_or_path: str | os.PathLike[str], device: torch.device | str | None = None,
+         dtype: torch.dtype | str | None = None) -> tuple[CausalLM, Tokenizer]:
+    """``(model, tokenizer)`` for a shipped model name, a local directory or a Hugging Face Hub id.
+
+    ``device`` defaults to :func:`llmbook.device.pick_device`; ``dtype`` to float32.
+    Architectures other than ``SUPPORTED_ARCHITECTURES`` are refused with the supported list.
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path):
+        raise ValueError(f"name_or_path must be a non-empty str or path, got {name_or_path!r}")
+    directory = _resolve(name_or_path)
+    model = load_model(directory, device=device, dtype=dtype)
+    tokenizer_file = directory / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise ModelLoadError(f"missing file: {tokenizer_file}")
+    tokenizer = Tokenizer.from_file(directory)
+    # config.json's ids fill in what the tokenizer files do not say.
+    if tokenizer.bos_token_id is None and isinstance(model.config.bos_token_id, int):
+        tokenizer.bos_token_id = model.config.bos_token_id
+    if tokenizer.eos_token_id is None:
+        eos = model.config.eos_token_id
+        tokenizer.eos_token_id = eos[0] if isinstance(eos, list) and eos else eos if isinstance(eos, int) else None
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ModelLoadError(
+            f"{tokenizer_file} has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size} embeddings"
+        )
+    return model, tokenizer
+
+
+def save_pretrained(model: CausalLM, tokenizer: Tokenizer | None, directory: str | os.PathLike[str],
+                    architecture: str | None = None) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and (if given) the tokenizer files to ``directory``.
+
+    Tied weights are stored once (``model.embed_tokens.weight``), as transformers does.
+    ``architecture`` defaults to the one matching ``model.config.model_type``.
+    """
+    if not isinstance(model, CausalLM):
+        raise ValueError(f"model must be a llmbook CausalLM, got {type(model).__name__}")
+    if tokenizer is not None and not isinstance(tokenizer, Tokenizer):
+        raise ValueError(f"tokenizer must be a llmbook Tokenizer or None, got {type(tokenizer).__name__}")
+    if architecture is not None and architecture not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {sorted(SUPPORTED_ARCHITECTURES)}, got {architecture!r}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = model.config.to_hf(architecture)
+    config["torch_dtype"] = str(model.dtype).removeprefix("torch.")
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        del state["lm_head.weight"]  # safetensors refuses shared storage; the loader re-ties it
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save(directory)
+    return directory

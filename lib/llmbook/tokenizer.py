@@ -1,0 +1,250 @@
+"""Text <-> token ids: a thin wrapper over Hugging Face ``tokenizers`` (byte-level BPE).
+
+It adds what the book needs on top of ``tokenizers.Tokenizer``: the special-token ids
+(read from the tokenizer, a ``tokenizer_config.json``, or given), explicit BOS handling, and
+``token_bytes(i)``, the exact bytes token ``i`` stands for. A byte-level BPE stores each byte
+as a printable character (GPT-2's byte-to-unicode table, e.g. a space is ``'Ġ'``); undoing that
+map gives the bytes, which grammar-constrained decoding needs because one character can be
+split over several tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import tokenizers
+
+__all__ = ["Tokenizer", "bytes_to_unicode"]
+
+
+@lru_cache(maxsize=1)
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's map from each byte 0..255 to a printable unicode character (used by byte-level BPE).
+
+    Printable Latin-1 bytes map to themselves; the others (control chars, space, ...) are shifted
+    to code points 256+ so that every byte has a visible, non-whitespace character.
+    """
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = keep[:]
+    n = 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(keep, chars)}
+
+
+@lru_cache(maxsize=1)
+def _unicode_to_byte() -> dict[str, int]:
+    return {c: b for b, c in bytes_to_unicode().items()}
+
+
+def _decoder_kind(spec: dict[str, Any] | None) -> str:
+    """'byte_level' (GPT-2/Llama-3/Qwen2 style), 'sentencepiece' (Metaspace + byte fallback) or 'other'."""
+    if not spec:
+        return "other"
+    parts = spec.get("decoders", [spec]) if spec.get("type") == "Sequence" else [spec]
+    types = {p.get("type") for p in parts}
+    if "ByteLevel" in types:
+        return "byte_level"
+    if "ByteFallback" in types or "Metaspace" in types or any(
+        p.get("type") == "Replace" and p.get("pattern", {}).get("String") == "▁" for p in parts
+    ):
+        return "sentencepiece"
+    return "other"
+
+
+def _token_content(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _bos_from_post_processor(spec: dict[str, Any] | None) -> str | None:
+    """The special token a TemplateProcessing post-processor puts first (Llama's BOS), if any."""
+    if not spec:
+        return None
+    if spec.get("type") == "Sequence":
+        for inner in spec.get("processors", []):
+            found = _bos_from_post_processor(inner)
+            if found is not None:
+                return found
+        return None
+    if spec.get("type") == "TemplateProcessing":
+        single = spec.get("single") or []
+        if single and "SpecialToken" in single[0]:
+            return single[0]["SpecialToken"]["id"]
+    return None
+
+
+class Tokenizer:
+    """Byte-level BPE tokenizer with explicit special tokens.
+
+    ``encode`` never lets the underlying post-processor add tokens behind your back: BOS is
+    added only when ``add_bos=True``, so token counts in a chapter are what they seem.
+    """
+
+    def __init__(self, tokenizer: tokenizers.Tokenizer, *, bos_token_id: int | None = None,
+                 eos_token_id: int | None = None, pad_token_id: int | None = None,
+                 tokenizer_config: dict[str, Any] | None = None) -> None:
+        if not isinstance(tokenizer, tokenizers.Tokenizer):
+            raise ValueError(f"tokenizer must be a tokenizers.Tokenizer, got {type(tokenizer).__name__}")
+        self._tok = tokenizer
+        self.tokenizer_config = dict(tokenizer_config or {})
+        spec = json.loads(tokenizer.to_str())
+        self._decoder_kind = _decoder_kind(spec.get("decoder"))
+        self._added: dict[int, tokenizers.AddedToken] = dict(tokenizer.get_added_tokens_decoder())
+        self.special_ids: frozenset[int] = frozenset(i for i, t in self._added.items() if t.special)
+
+        def from_config(key: str) -> int | None:
+            content = _token_content(self.tokenizer_config.get(key))
+            if content is None:
+                return None
+            i = tokenizer.token_to_id(content)
+            if i is None:
+                raise ValueError(f"tokenizer_config[{key!r}] = {content!r} is not a token of this tokenizer")
+            return i
+
+        bos_from_template = _bos_from_post_processor(spec.get("post_processor"))
+        # Whether transformers would put BOS in front by default: tokenizer_config.json's
+        # add_bos_token when it says so, otherwise whether the post-processor template starts with one.
+        add_bos = self.tokenizer_config.get("add_bos_token")
+        self.adds_bos_by_default: bool = bool(add_bos) if isinstance(add_bos, bool) else bos_from_template is not None
+        if bos_token_id is not None:
+            self.bos_token_id = self._check_id("bos_token_id", bos_token_id)
+        else:
+            self.bos_token_id = from_config("bos_token")
+            if self.bos_token_id is None and bos_from_template is not None:
+                self.bos_token_id = tokenizer.token_to_id(bos_from_template)
+        self.eos_token_id = self._check_id("eos_token_id", eos_token_id) if eos_token_id is not None else from_config("eos_token")
+        self.pad_token_id = self._check_id("pad_token_id", pad_token_id) if pad_token_id is not None else from_config("pad_token")
+
+    # ------------------------------------------------------------------ construction and saving
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **special_ids: int | None) -> "Tokenizer":
+        """Load ``tokenizer.json`` (or a directory holding it, plus an optional ``tokenizer_config.json``)."""
+        path = Path(path)
+        directory = path if path.is_dir() else path.parent
+        file = directory / "tokenizer.json" if path.is_dir() else path
+        if not file.is_file():
+            raise ValueError(f"tokenizer file not found: {file}")
+        try:
+            tok = tokenizers.Tokenizer.from_file(str(file))
+        except Exception as err:  # tokenizers raises a bare Exception on malformed JSON
+            raise ValueError(f"could not read tokenizer file {file}: {err}") from err
+        config: dict[str, Any] = {}
+        config_file = directory / "tokenizer_config.json"
+        if config_file.is_file():
+            try:
+                config = json.loads(config_file.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"could not parse {config_file}: {err}") from err
+        return cls(tok, tokenizer_config=config, **special_ids)
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Write ``tokenizer.json`` and a ``tokenizer_config.json`` naming the special tokens."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._tok.save(str(directory / "tokenizer.json"))
+        config = {k: v for k, v in self.tokenizer_config.items() if k not in ("bos_token", "eos_token", "pad_token")}
+        config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+        config.setdefault("add_bos_token", self.adds_bos_by_default)
+        for key, i in (("bos_token", self.bos_token_id), ("eos_token", self.eos_token_id), ("pad_token", self.pad_token_id)):
+            config[key] = self._tok.id_to_token(i) if i is not None else None
+        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    @property
+    def backend(self) -> tokenizers.Tokenizer:
+        """The underlying ``tokenizers.Tokenizer``."""
+        return self._tok
+
+    # ------------------------------------------------------------------ ids and tokens
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids, added/special tokens included."""
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def _check_id(self, name: str, i: Any) -> int:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.vocab_size:
+            raise ValueError(f"{name} must be a token id in [0, {self.vocab_size - 1}], got {i!r}")
+        if self._tok.id_to_token(i) is None:
+            raise ValueError(f"{name}={i} is not assigned to any token in this tokenizer")
+        return i
+
+    def id_to_token(self, i: int) -> str:
+        """The vocabulary string of token ``i`` (byte-level characters, e.g. ``'Ġthe'``)."""
+        self._check_id("i", i)
+        return self._tok.id_to_token(i)
+
+    def token_to_id(self, token: str) -> int:
+        """The id of vocabulary string ``token``; ``ValueError`` if it is not in the vocabulary."""
+        if not isinstance(token, str):
+            raise ValueError(f"token must be a str, got {type(token).__name__}")
+        i = self._tok.token_to_id(token)
+        if i is None:
+            raise ValueError(f"token {token!r} is not in the vocabulary")
+        return i
+
+    def token_bytes(self, i: int) -> bytes:
+        """The exact bytes token ``i`` decodes to.
+
+        Byte-level tokens map each character back through GPT-2's table (so a token may be part
+        of a multi-byte UTF-8 character); added and special tokens are their content as UTF-8
+        (what ``decode(..., skip_special_tokens=False)`` prints; ``special_ids`` lists the special ones).
+        SentencePiece-style tokens turn ``'▁'`` into a space and ``<0xNN>`` into byte NN.
+        """
+        token = self.id_to_token(i)
+        if i in self._added:
+            return self._added[i].content.encode("utf-8")
+        if self._decoder_kind == "byte_level":
+            table = _unicode_to_byte()
+            try:
+                return bytes(table[c] for c in token)
+            except KeyError as err:
+                raise ValueError(f"token {i} ({token!r}) has a character outside the byte-level alphabet: {err}") from None
+        if self._decoder_kind == "sentencepiece":
+            if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+                return bytes([int(token[3:5], 16)])
+            return token.replace("▁", " ").encode("utf-8")
+        raise ValueError("token_bytes needs a ByteLevel or SentencePiece-style (Metaspace/ByteFallback) decoder; this tokenizer has neither")
+
+    # ------------------------------------------------------------------ text
+    def encode(self, text: str, add_bos: bool = False) -> list[int]:
+        """Token ids of ``text``; with ``add_bos`` the BOS id first (``ValueError`` if there is none)."""
+        if not isinstance(text, str):
+            raise ValueError(f"text must be a str, got {type(text).__name__}")
+        ids = self._tok.encode(text, add_special_tokens=False).ids
+        return self._with_bos(ids) if add_bos else ids
+
+    def encode_batch(self, texts: Sequence[str], add_bos: bool = False) -> list[list[int]]:
+        """``encode`` for each text (parallel in Rust)."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise ValueError("texts must be a sequence of str")
+        out = [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+        return [self._with_bos(ids) for ids in out] if add_bos else out
+
+    def _with_bos(self, ids: list[int]) -> list[int]:
+        if self.bos_token_id is None:
+            raise ValueError("add_bos=True but this tokenizer has no BOS token (pass bos_token_id or a tokenizer_config.json)")
+        return [self.bos_token_id, *ids]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        """Text of token ids (invalid UTF-8 from a partial character shows as U+FFFD)."""
+        ids = [int(i) for i in ids]
+        for i in ids:
+            if not 0 <= i < self.vocab_size:
+                raise ValueError(f"ids must be token ids in [0, {self.vocab_size - 1}], got {i}")
+        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def __repr__(self) -> str:
+        return (f"Tokenizer(vocab_size={self.vocab_size}, bos_token_id={self.bos_token_id}, "
+                f"eos_token_id={self.eos_token_id}, pad_token_id={self.pad_token_id})")
