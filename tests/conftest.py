@@ -7,6 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property-based tests explore the same examples on every run and machine (reproducible
+# failures, no flaky CI), and never fail on timing: speed lives in benchmarks/.
+settings.register_profile("book", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("book")
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
