@@ -388,7 +388,7 @@ def react_program(g: Chooser, kb: KnowledgeBase, config: ReactConfig) -> dict:
         steps = (_react_step(f"I need the price of a {item}.", f"lookup[{item}, price]", price)
                  + _react_step(f"Now I multiply {n} by {price}.", f"calculator[{n} * {price}]", str(total)))
         claims.append(Claim(item, "price", kb.get(item, "price")))
-        g.emit(question[len("How much do "):] + "\n")
+        g.emit(question[len(f"How much do {n} "):] + "\n")
     else:
         g.emit("How old are ")
         first = g.choice(aged)
