@@ -2,7 +2,7 @@
 
 >>> world = World.generate(0)
 >>> doc = world.sample("qa", seed=1)[0]      # text, exact logprob, meta
->>> world.true_next_word_distribution("Mira lives in")   # for a person Mira of the world
+>>> world.true_next_word_distribution(f"{world.kb.people[0]} lives in")  # {"<town>": 1.0}
 >>> check_statements(doc.text, world.kb)     # parses? true?
 """
 

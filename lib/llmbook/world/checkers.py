@@ -159,7 +159,11 @@ def _schema_errors(value: object, schema: object, where: str) -> list[str]:
 
 
 def check_card(text: str, kb: KnowledgeBase) -> CardCheck:
-    """Valid JSON? Person- or town-card schema, keys in order? Every field true in the KB?"""
+    """Valid JSON? Person- or town-card schema, keys in order? Every field true in the KB?
+
+    A card lists *all* friends (or residents), so judge it against the view it describes:
+    a training card omits held-out friends and is complete for ``splits.train_kb``.
+    """
     try:
         card = json.loads(text)
     except (json.JSONDecodeError, TypeError) as error:
