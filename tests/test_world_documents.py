@@ -1,0 +1,77 @@
+"""What each family writes: formats, meta, real tool outputs, and a small vocabulary."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from llmbook.world import FAMILIES, RetrievalConfig, World, calculator, lookup, scratchpad_lines
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return World.generate(0)
+
+
+def test_every_family_yields_documents_with_text_logprob_and_claims(world):
+    for family in FAMILIES:
+        for doc in world.sample(family, seed=1, n=20):
+            assert doc.family == family and doc.text and doc.logprob < 0 and isinstance(doc.meta["claims"], list)
+
+
+def test_story_is_several_sentences_about_one_person(world):
+    for doc in world.sample("story", seed=2, n=30):
+        assert 4 <= len(doc.meta["sentences"]) <= 7
+        assert doc.text == " ".join(doc.meta["sentences"])
+        assert {c.entity for c in doc.meta["claims"]} - set(world.kb.items) == {doc.meta["person"]}
+
+
+def test_card_is_json_with_fixed_key_order(world):
+    for doc in world.sample("card", seed=3, n=20):
+        card = json.loads(doc.text)
+        keys = ["name", "age", "town", "job", "pet", "favourite_food", "friends"] if doc.meta["kind"] == "person" \
+            else ["town", "region", "residents"]
+        assert list(card) == keys
+
+
+def test_react_observations_are_real_tool_outputs(world):
+    tasks = set()
+    for doc in world.sample("react", seed=4, n=60):
+        tasks.add(doc.meta["task"])
+        lines = doc.text.split("\n")
+        for action, observation in zip(lines, lines[1:]):
+            if action.startswith("Action: calculator["):
+                assert observation == f"Observation: {calculator(action[len('Action: calculator['):-1])}"
+            elif action.startswith("Action: lookup["):
+                entity, attribute = action[len("Action: lookup["):-1].split(", ")
+                assert observation == f"Observation: {lookup(world.kb, entity, attribute)}"
+        assert lines[-1] == f"Answer: {doc.meta['answer']}"
+    assert tasks == {"lookup", "calculator", "price", "ages"}
+
+
+def test_arithmetic_has_both_forms_and_long_multiplication(world):
+    docs = world.sample("arithmetic", seed=5, n=60)
+    assert {d.meta["scratchpad"] for d in docs} == {True, False} and {d.meta["op"] for d in docs} == {"+", "*"}
+    assert scratchpad_lines(47, "*", 36) == ["47 * 6 = 282", "47 * 30 = 1410", "282 + 1410 = 1692"]
+    assert scratchpad_lines(95, "+", 7)[-1] == "9 + 0 + 1 = 10, write 0, carry 1"
+    with pytest.raises(ValueError, match="op must be"):
+        scratchpad_lines(1, "-", 2)
+
+
+def test_retrieval_records_the_answer_position(world):
+    for doc in world.sample("retrieval", seed=6, n=20, config=RetrievalConfig(n_records=(10, 20))):
+        meta = doc.meta
+        assert meta["n_records"] in (10, 20) and len(set(meta["names"])) == meta["n_records"]
+        line = f"{meta['answer_index'] + 1}. {meta['names'][meta['answer_index']]}: {meta['answer']}\n"
+        assert doc.text[meta["answer_offset"] - len(line) + len(meta["answer"]) + 1:].startswith(line)
+        assert doc.text == f"{meta['prompt']} {meta['answer']}"
+
+
+def test_vocabulary_beyond_names_and_numbers_is_small(world):
+    words = set()
+    for family in FAMILIES:
+        for doc in world.sample(family, seed=7, n=150):
+            words |= set(re.findall(r"\b[a-z][a-z_]*\b", doc.text))
+    assert 120 < len(words) < 300
