@@ -379,4 +379,6 @@ def test_cli_trains_resumes_and_validates_paths(tmp_path, tokenizer):
         main([*args[:4], "--tokenizer", str(tmp_path / "none.json"), *args[6:]])
     with pytest.raises(ValueError, match="unknown preset"):
         main(["--preset", "huge", *args[2:]])
+    smoke = main([*args[:6], "--out", str(tmp_path / "smoke"), "--max-steps", "3", "--no-progress"])  # below the warm-up
+    assert smoke.history[-1]["step"] == 3 and smoke.history[1]["lr"] == get_preset("tiny-test").lr
     assert set(MODEL_PRESETS) >= {"tinyworld-main", "tinyworld-draft", "tiny-test"}
