@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -78,6 +79,7 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {platform.machine()} CPU, {torch.get_num_threads()} threads, float32")
+    load_before = os.getloadavg()[0]  # other processes on a 2-core machine slow every number here
     rows = [bench_preset(name, args.steps, args.vocab) for name in PRESET_NAMES]
     record = {
         "benchmark": "training tokens/s of llmbook.train.train (forward + backward + AdamW), median over steps",
@@ -86,6 +88,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "dtype": "float32",
+        "load_average_1min_before": round(load_before, 2),
         "results": rows,
     }
     out = Path(args.out)

@@ -76,9 +76,9 @@ __all__ = [
 # below are for tied embeddings; "non-embedding" does not depend on the vocabulary.
 #
 #   preset            non-embedding   total at V=2048   V=4096   V=8192   train tokens/s (2-core CPU, fp32)
-#   tinyworld-main        4.16 M          4.68 M         5.21 M   6.25 M   ~2,050 at 4 x 1024 tokens/step (1,600 under load)
-#   tinyworld-draft       0.30 M          0.49 M         0.69 M   1.08 M   ~9,000 at 4 x 1024 tokens/step
-#   tiny-test             0.02 M          (V=300: 0.03 M)                  ~15,000-30,000 at 8 x 32 (overhead-bound)
+#   tinyworld-main        4.16 M          4.68 M         5.21 M   6.25 M   1,500-2,050 at 4 x 1024 tokens/step
+#   tinyworld-draft       0.30 M          0.49 M         0.69 M   1.08 M   7,800-9,050 at 4 x 1024 tokens/step
+#   tiny-test             0.02 M          (V=300: 0.03 M)                  13,000-30,000 at 8 x 32 (overhead-bound)
 #
 # benchmarks/bench_train.py measures the tokens/s (the real loop, V=4096); benchmarks/results/train.json
 # has the numbers. The draft is >= 5x smaller than the main model for every vocabulary up to 8192
@@ -86,8 +86,9 @@ __all__ = [
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # A Llama in miniature: 6 layers of width 256, 8 query heads sharing 2 key/value heads (GQA,
     # head_dim 32), SwiGLU width 688 (~8/3 x 256, a multiple of 16), 1024 positions so the long
-    # retrieval documents fit whole. Six layers rather than eight: at ~2,000 tokens/s a 2-core CPU
-    # sees ~6 M tokens in the hour, and at that budget a shallower model learns faster per token.
+    # retrieval documents fit whole. Six layers rather than eight: eight trained ~30% slower here
+    # (1,830 vs 2,590 tokens/s, measured at 8 x 256 tokens), and with only ~5 M tokens in the hour
+    # the budget goes to seeing more text rather than to depth.
     "tinyworld-main": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=6, num_attention_heads=8,
                            num_key_value_heads=2, max_position_embeddings=1024, rope_theta=10000.0,
                            rms_norm_eps=1e-5, tie_word_embeddings=True),
@@ -141,7 +142,7 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
-    max_steps: int = 1300
+    max_steps: int = 1100
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
@@ -206,18 +207,19 @@ class TrainConfig:
         return self.batch_size
 
 
-# Budget (measured with benchmarks/bench_train.py on this book's 2-core CPU, float32):
-# main: 4 x 1024 = 4,096 tokens/step at ~2,050 tokens/s (idle machine; 1,600 with another process
-#   running) is 2.0-2.6 s/step, so 1,300 steps (5.3 M tokens) take 43 min (56 min under that load),
-#   plus 7 evaluations of 8 x 4 x 1024 tokens (forward only, < 1 min): under the 60-minute budget.
-# draft: the same 4,096 tokens/step at ~9,000 tokens/s is ~0.45 s/step: 1,600 steps (6.6 M tokens)
-#   in ~12 min, under 15. On CUDA both use 32 x 1024 tokens/step with bf16 autocast (minutes on a GPU).
+# Budget (measured with benchmarks/bench_train.py on this book's 2-core CPU, float32; repeated runs
+# on the shared machine gave 1,500-2,050 tokens/s for main and 7,800-9,050 for the draft):
+# main: 4 x 1024 = 4,096 tokens/step at 1,500-2,050 tokens/s is 2.0-2.7 s/step, so 1,100 steps
+#   (4.5 M tokens) take 37-50 min, plus 6 evaluations of 8 x 4 x 1024 tokens (forward only, ~1 min):
+#   under the 60-minute budget even at the slowest rate measured.
+# draft: the same 4,096 tokens/step at 7,800-9,050 tokens/s is ~0.5 s/step: 1,300 steps (5.3 M tokens)
+#   in 10-11.5 min, under 15. On CUDA both use 32 x 1024 tokens/step with bf16 autocast (minutes on a GPU).
 PRESETS: dict[str, TrainConfig] = {
     "tinyworld-main": TrainConfig(model="tinyworld-main", seq_len=1024, batch_size=4, cuda_batch_size=32,
-                                  lr=1e-3, min_lr=1e-4, warmup_steps=100, max_steps=1300, weight_decay=0.1,
+                                  lr=1e-3, min_lr=1e-4, warmup_steps=100, max_steps=1100, weight_decay=0.1,
                                   eval_every=250, eval_batches=8, checkpoint_every=250, seed=0),
     "tinyworld-draft": TrainConfig(model="tinyworld-draft", seq_len=1024, batch_size=4, cuda_batch_size=32,
-                                   lr=2e-3, min_lr=2e-4, warmup_steps=100, max_steps=1600, weight_decay=0.1,
+                                   lr=2e-3, min_lr=2e-4, warmup_steps=100, max_steps=1300, weight_decay=0.1,
                                    eval_every=250, eval_batches=8, checkpoint_every=250, seed=0),
     "tiny-test": TrainConfig(model="tiny-test", seq_len=32, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=10,
                              max_steps=100, weight_decay=0.1, eval_every=25, eval_batches=4, checkpoint_every=25, seed=0),
@@ -495,6 +497,10 @@ def _autocast(device: torch.device, dtype: str):
 @torch.no_grad()
 def evaluate(model: CausalLM, dataset: PackedDataset, batch_size: int, max_batches: int, dtype: str = "auto") -> float:
     """Mean next-token loss in nats per (unmasked) target token over the first ``max_batches`` batches."""
+    if not isinstance(model, CausalLM):
+        raise ValueError(f"model must be a llmbook CausalLM, got {type(model).__name__}")
+    if dtype not in _DTYPE_CHOICES:
+        raise ValueError(f"dtype must be one of {_DTYPE_CHOICES}, got {dtype!r}")
     if not isinstance(dataset, PackedDataset):
         raise ValueError(f"dataset must be a PackedDataset, got {type(dataset).__name__}")
     was_training = model.training
