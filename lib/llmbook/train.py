@@ -77,7 +77,7 @@ __all__ = [
 #
 #   preset            non-embedding   total at V=2048   V=4096   V=8192   train tokens/s (2-core CPU, fp32)
 #   tinyworld-main        4.16 M          4.68 M         5.21 M   6.25 M   1,500-2,050 at 4 x 1024 tokens/step
-#   tinyworld-draft       0.30 M          0.49 M         0.69 M   1.08 M   7,800-9,050 at 4 x 1024 tokens/step
+#   tinyworld-draft       0.30 M          0.49 M         0.69 M   1.08 M   6,500-9,050 at 4 x 1024 tokens/step
 #   tiny-test             0.02 M          (V=300: 0.03 M)                  13,000-30,000 at 8 x 32 (overhead-bound)
 #
 # benchmarks/bench_train.py measures the tokens/s (the real loop, V=4096); benchmarks/results/train.json
@@ -208,18 +208,18 @@ class TrainConfig:
 
 
 # Budget (measured with benchmarks/bench_train.py on this book's 2-core CPU, float32; repeated runs
-# on the shared machine gave 1,500-2,050 tokens/s for main and 7,800-9,050 for the draft):
+# on the shared machine gave 1,500-2,050 tokens/s for main and 6,500-9,050 for the draft):
 # main: 4 x 1024 = 4,096 tokens/step at 1,500-2,050 tokens/s is 2.0-2.7 s/step, so 1,100 steps
 #   (4.5 M tokens) take 37-50 min, plus 6 evaluations of 8 x 4 x 1024 tokens (forward only, ~1 min):
 #   under the 60-minute budget even at the slowest rate measured.
-# draft: the same 4,096 tokens/step at 7,800-9,050 tokens/s is ~0.5 s/step: 1,300 steps (5.3 M tokens)
-#   in 10-11.5 min, under 15. On CUDA both use 32 x 1024 tokens/step with bf16 autocast (minutes on a GPU).
+# draft: the same 4,096 tokens/step at 6,500-9,050 tokens/s is 0.45-0.63 s/step: 1,100 steps (the same
+#   4.5 M tokens as main) in 8.3-11.5 min, under 15. On CUDA both use 32 x 1024 tokens/step with bf16 autocast (minutes on a GPU).
 PRESETS: dict[str, TrainConfig] = {
     "tinyworld-main": TrainConfig(model="tinyworld-main", seq_len=1024, batch_size=4, cuda_batch_size=32,
                                   lr=1e-3, min_lr=1e-4, warmup_steps=100, max_steps=1100, weight_decay=0.1,
                                   eval_every=250, eval_batches=8, checkpoint_every=250, seed=0),
     "tinyworld-draft": TrainConfig(model="tinyworld-draft", seq_len=1024, batch_size=4, cuda_batch_size=32,
-                                   lr=2e-3, min_lr=2e-4, warmup_steps=100, max_steps=1300, weight_decay=0.1,
+                                   lr=2e-3, min_lr=2e-4, warmup_steps=100, max_steps=1100, weight_decay=0.1,
                                    eval_every=250, eval_batches=8, checkpoint_every=250, seed=0),
     "tiny-test": TrainConfig(model="tiny-test", seq_len=32, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=10,
                              max_steps=100, weight_decay=0.1, eval_every=25, eval_batches=4, checkpoint_every=25, seed=0),
