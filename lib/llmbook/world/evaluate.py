@@ -1,0 +1,483 @@
+"""Evaluate a model on TinyWorld, against the truth the world knows.
+
+    python -m llmbook.world.evaluate --model tinyworld-main --draft tinyworld-draft --out report.json
+
+The report (JSON, also returned by :func:`evaluate_model`) has one section per measurement:
+
+- ``entropy``: nats per token on fresh documents of every family (sampled from the training
+  view of the world with a seed the corpus never used) next to the generator's exact entropy
+  of the same documents, the floor a perfect model reaches. The gap is the model's KL from
+  the truth, per token.
+- ``qa``: greedy answers to questions about training facts (accuracy), about held-out people
+  and hidden facts the model never saw (how often it asserts a specific, hence made-up, answer:
+  its hallucination rate), and about the "new knowledge" people kept for fine-tuning.
+- ``card``: JSON entity cards sampled at temperature 1: valid JSON, schema, every field true.
+- ``react``: the same held-out questions (multi-digit products; lookups about held-out people)
+  answered three ways: with the tools really executed in the loop, with the model writing its
+  own observations (no tools), and directly in the corpus's direct-answer formats.
+- ``arithmetic``: held-out problems answered directly vs with the scratchpad.
+- ``retrieval`` and ``story``: in-context retrieval accuracy; sampled stories' hallucination
+  and grammatical error rates.
+- ``draft`` (with a draft model): its own entropy gap and top-1 agreement with the model.
+- ``targets``: each target of the model card, the measured value, and whether it is met.
+
+Every family is evaluated; nothing is skipped silently. All sampling is seeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from llmbook.generate import generate
+from llmbook.model import CausalLM
+from llmbook.tokenizer import Tokenizer
+
+from .checkers import (
+    check_answer,
+    check_arithmetic,
+    check_card,
+    check_qa,
+    check_react,
+    check_retrieval,
+    check_statements,
+    grammatical_error_rate,
+    hallucination_rate,
+    run_action,
+)
+from .documents import FAMILIES, Document
+from .grammar import QUESTION_TEMPLATES
+from .lexicon import check_seed, seeded_rng
+from .splits import DEFAULT_MIXTURE, Splits, build_corpus, default_splits, evaluation_suites
+
+__all__ = [
+    "EvalSettings",
+    "TARGETS",
+    "document_nll",
+    "entropy_report",
+    "complete",
+    "react_with_tools",
+    "react_questions",
+    "evaluate_qa",
+    "evaluate_cards",
+    "evaluate_react",
+    "evaluate_arithmetic",
+    "evaluate_retrieval",
+    "evaluate_stories",
+    "draft_agreement",
+    "evaluate_model",
+    "main",
+]
+
+# The model card's targets: (section path, comparison, threshold). Never lowered to pass.
+TARGETS: dict[str, tuple[str, str, float]] = {
+    "entropy gap, all families (nats/token)": ("entropy.all.gap", "<=", 0.15),
+    "fact QA on training facts (accuracy)": ("qa.qa_seen.accuracy", ">=", 0.95),
+    "JSON cards at T=1 (valid JSON matching the schema)": ("card.schema_ok_rate", ">=", 0.90),
+    "ReAct traces well-formed (tools in the loop)": ("react.with_tools.all.well_formed_rate", ">=", 0.95),
+    "ReAct correct with tools (held-out products and lookups)": ("react.with_tools.all.accuracy", ">=", 0.90),
+}
+EVAL_SEED_OFFSET = 2_000_003  # documents for the entropy measurement: a stream the corpus never uses
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How much to evaluate. The defaults are the model card's; a chapter may use fewer items."""
+
+    seed: int = 0
+    docs_per_family: int = 100  # entropy measurement
+    n_per_suite: int = 200  # QA, cards, arithmetic, retrieval, stories
+    n_react: int = 100  # per ReAct question kind (products, lookups)
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        check_seed(self.seed)
+        for name, low, high in (("docs_per_family", 1, 100_000), ("n_per_suite", 1, 100_000),
+                                ("n_react", 1, 100_000), ("batch_size", 1, 4096)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name} must be an int in [{low}, {high}], got {value!r}")
+
+
+def _rate(flags: Sequence[bool]) -> float:
+    return sum(bool(f) for f in flags) / len(flags) if flags else math.nan
+
+
+def _batches(items: Sequence[Any], size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+# -- likelihood ------------------------------------------------------------------------------------
+@torch.no_grad()
+def document_nll(model: CausalLM, tokenizer: Tokenizer, texts: Sequence[str], batch_size: int = 32,
+                 with_argmax: bool = False) -> list[tuple[float, int]] | tuple[list[tuple[float, int]], list[torch.Tensor]]:
+    """``(nats, n_tokens)`` of each text read as a whole document: ``[BOS] text [EOS]``.
+
+    The model predicts every token of the text and the EOS (the generator's decision to stop
+    is part of a document's probability too). With ``with_argmax`` also returns, per text,
+    the model's top-1 prediction at each of those positions.
+    """
+    if not isinstance(model, CausalLM):
+        raise ValueError(f"model must be a llmbook CausalLM, got {type(model).__name__}")
+    if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
+        raise ValueError("tokenizer must define bos_token_id and eos_token_id")
+    ids = [row + [tokenizer.eos_token_id] for row in tokenizer.encode_batch(list(texts), add_bos=True)]
+    limit = model.config.max_position_embeddings
+    if any(len(row) > limit for row in ids):
+        raise ValueError(f"a text is longer than the model's context ({limit} tokens)")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # Longest first, so each batch pads little; results go back in the caller's order.
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    results: list[tuple[float, int]] = [(0.0, 0)] * len(ids)
+    argmaxes: list[torch.Tensor] = [torch.empty(0)] * len(ids)
+    for chunk in _batches(order, batch_size):
+        width = len(ids[chunk[0]])
+        batch = torch.full((len(chunk), width), pad, dtype=torch.long)
+        for r, i in enumerate(chunk):
+            batch[r, : len(ids[i])] = torch.tensor(ids[i])
+        # Right padding: causal attention never lets a real position see the padding after it.
+        logits = model(batch.to(model.device)).float()
+        nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten().to(model.device), reduction="none")
+        nll = nll.view(len(chunk), width - 1).cpu()
+        top1 = logits[:, :-1].argmax(-1).cpu()
+        for r, i in enumerate(chunk):
+            n = len(ids[i]) - 1
+            results[i] = (float(nll[r, :n].sum()), n)
+            argmaxes[i] = top1[r, :n]
+    return (results, argmaxes) if with_argmax else results
+
+
+def heldout_documents(splits: Splits, seed: int, per_family: int) -> list[Document]:
+    """``per_family`` fresh documents of every family from the training view (never in the corpus)."""
+    docs: list[Document] = []
+    for family in FAMILIES:
+        corpus = build_corpus(seed + EVAL_SEED_OFFSET, per_family, {family: 1.0}, splits=splits)
+        docs += corpus.documents
+    return docs
+
+
+def entropy_report(model: CausalLM, tokenizer: Tokenizer, documents: Sequence[Document],
+                   mixture: dict[str, float] | None = None, batch_size: int = 32) -> dict[str, Any]:
+    """Model nats/token next to the exact floor, per family and over the corpus mixture.
+
+    A document's floor is ``-(log w_family + log P(text | family))``: the model also has to
+    tell which family a document is (``Question:`` opens both QA pairs and ReAct traces).
+    ``all`` weights each family by its share of the corpus (``mixture``), per token.
+    """
+    mixture = dict(DEFAULT_MIXTURE if mixture is None else mixture)
+    families = sorted({d.family for d in documents})
+    missing = [f for f in FAMILIES if f not in families]
+    if missing:
+        raise ValueError(f"documents must include every family; missing {missing}")
+    nll = document_nll(model, tokenizer, [d.text for d in documents], batch_size)
+    report: dict[str, Any] = {}
+    for family in families:
+        rows = [(n, d) for n, d in zip(nll, documents) if d.family == family]
+        tokens = sum(n[1] for n, _ in rows)
+        model_nats = sum(n[0] for n, _ in rows)
+        floor_nats = -sum(d.logprob + math.log(mixture[family]) for _, d in rows)
+        report[family] = {"n_docs": len(rows), "n_tokens": tokens, "model": model_nats / tokens,
+                          "floor": floor_nats / tokens, "gap": (model_nats - floor_nats) / tokens,
+                          "_per_doc": (model_nats / len(rows), floor_nats / len(rows), tokens / len(rows))}
+    # Corpus average per token: expected nats per document under the mixture over expected tokens per document.
+    total = sum(mixture.values())
+    weights = {f: mixture[f] / total for f in families}
+    model_doc = sum(weights[f] * report[f]["_per_doc"][0] for f in families)
+    floor_doc = sum(weights[f] * report[f]["_per_doc"][1] for f in families)
+    tokens_doc = sum(weights[f] * report[f]["_per_doc"][2] for f in families)
+    for f in families:
+        del report[f]["_per_doc"]
+    report["all"] = {"n_docs": len(documents), "n_tokens": sum(n[1] for n in nll), "model": model_doc / tokens_doc,
+                     "floor": floor_doc / tokens_doc, "gap": (model_doc - floor_doc) / tokens_doc}
+    return report
+
+
+# -- generation helpers ----------------------------------------------------------------------------
+def complete(model: CausalLM, tokenizer: Tokenizer, prompts: Sequence[str], *, max_new_tokens: int,
+             temperature: float = 0.0, stop: Sequence[str] = (), seed: int = 0, batch_size: int = 32) -> list[str]:
+    """Continuations of ``prompts`` (greedy at temperature 0), batched; seeded per batch."""
+    out: list[str] = []
+    for b, chunk in enumerate(_batches(list(prompts), batch_size)):
+        result = generate(model, tokenizer, list(chunk), max_new_tokens=max_new_tokens, temperature=temperature,
+                          stop=stop, seed=seed + b, add_bos=True)
+        out += result.texts
+    return out
+
+
+_ACTION_LINE = re.compile(r"^Action: (.*)$", re.M)
+
+
+def react_with_tools(model: CausalLM, tokenizer: Tokenizer, questions: Sequence[str], kb, *, max_steps: int = 4,
+                     max_new_tokens: int = 48, batch_size: int = 32) -> list[str]:
+    """ReAct with the tools in the loop: the model writes Thought and Action; we run the action
+    and write the Observation; repeat until it writes ``Answer:`` (greedy decoding).
+
+    A row whose action cannot be run gets an ``Observation: error`` line (the checker then
+    marks the trace malformed). Returns each full trace.
+    """
+    traces = [f"Question: {q}\n" for q in questions]
+    active = list(range(len(traces)))
+    for _ in range(max_steps):
+        if not active:
+            break
+        continuations = complete(model, tokenizer, [traces[i] for i in active], max_new_tokens=max_new_tokens,
+                                 stop=["\nObservation:"], batch_size=batch_size)
+        still = []
+        for i, text in zip(active, continuations):
+            traces[i] += text
+            actions = _ACTION_LINE.findall(text)
+            if "Answer:" in text or not actions:
+                continue  # finished (or gave up without an action): no more tool calls
+            try:
+                observation = run_action(actions[-1], kb)
+            except ValueError:
+                observation = "error"
+            traces[i] += f"\nObservation: {observation}\n"
+            still.append(i)
+        active = still
+    return [t.rstrip("\n") for t in traces]
+
+
+def react_questions(splits: Splits, seed: int, n: int) -> dict[str, list[dict[str, Any]]]:
+    """Held-out ReAct questions: products of multi-digit numbers, and lookups about held-out people.
+
+    Each comes with its direct-answer prompt in the corpus's own formats: the arithmetic family's
+    ``Compute a * b.\\nAnswer:`` and the QA family's ``Question: ...\\nAnswer:``.
+    """
+    rng = seeded_rng(seed, "eval/react_heldout")
+    products = []
+    for _ in range(n):
+        # 2-3 digits times 2 digits: the range the arithmetic family's direct answers cover too.
+        a, b = rng.randrange(10, 1000), rng.randrange(10, 100)
+        products.append({"question": f"What is {a} * {b}?", "direct_prompt": f"Compute {a} * {b}.\nAnswer:",
+                         "answer": str(a * b), "kind": "product"})
+    lookups = []
+    attributes = ("town", "job", "age", "food")
+    for _ in range(n):
+        name, attribute = rng.choice(splits.heldout_people), rng.choice(attributes)
+        question = QUESTION_TEMPLATES[attribute].render(person=name)
+        lookups.append({"question": question, "direct_prompt": f"Question: {question}\nAnswer:",
+                        "subject": name, "attribute": attribute, "kind": "lookup"})
+    return {"product": products, "lookup_heldout": lookups}
+
+
+# -- the sections ----------------------------------------------------------------------------------
+def evaluate_qa(model: CausalLM, tokenizer: Tokenizer, splits: Splits, settings: EvalSettings) -> dict[str, Any]:
+    """Greedy QA: accuracy on seen facts; assertion (hallucination) rate where the truth was never seen."""
+    suites = evaluation_suites(splits, settings.seed, settings.n_per_suite)
+    report: dict[str, Any] = {}
+    for name in ("qa_seen", "qa_hidden_facts", "qa_heldout_people", "qa_new_knowledge"):
+        items = suites[name]
+        answers = complete(model, tokenizer, [it.prompt for it in items], max_new_tokens=24, stop=["\n"],
+                           batch_size=settings.batch_size)
+        checks = [check_qa(it.prompt + a, splits.kb) for it, a in zip(items, answers)]
+        report[name] = {"n": len(items), "accuracy": _rate([c.correct for c in checks]),
+                        # A well-formed answer names a specific value: where the model cannot know it, it is made up.
+                        "asserts_specific_answer": _rate([c.answer_parses for c in checks]),
+                        "examples": [{"prompt": it.prompt, "answer": a.strip()} for it, a in list(zip(items, answers))[:3]]}
+    items = suites["fact_completion"]
+    answers = complete(model, tokenizer, [it.prompt for it in items], max_new_tokens=16, stop=["\n"],
+                       batch_size=settings.batch_size)
+    report["fact_completion"] = {"n": len(items), "accuracy": _rate([a.strip() == it.expected for it, a in zip(items, answers)])}
+    for name in ("qa_hidden_facts", "qa_heldout_people", "qa_new_knowledge"):
+        report[name]["hallucination_rate"] = report[name]["asserts_specific_answer"] - report[name]["accuracy"]
+    return report
+
+
+def evaluate_cards(model: CausalLM, tokenizer: Tokenizer, splits: Splits, settings: EvalSettings,
+                   temperature: float = 1.0) -> dict[str, Any]:
+    """Person cards sampled at ``temperature`` from ``{"name": "<training person>",``."""
+    items = evaluation_suites(splits, settings.seed, settings.n_per_suite)["card"]
+    # The suite's prompt ends in ", "; the tokenizer joins that space to the next quote (' "age'),
+    # so the prompt stops before it, at a token boundary the model has seen.
+    prompts = [it.prompt.rstrip(" ") for it in items]
+    bodies = complete(model, tokenizer, prompts, max_new_tokens=160, temperature=temperature, seed=settings.seed,
+                      batch_size=settings.batch_size)
+    checks = [check_card(p + b, splits.train_kb) for p, b in zip(prompts, bodies)]
+    return {"n": len(items), "temperature": temperature, "valid_json_rate": _rate([c.valid_json for c in checks]),
+            "schema_ok_rate": _rate([c.schema_ok for c in checks]), "all_true_rate": _rate([c.true is True for c in checks]),
+            "examples": [p + b for p, b in zip(prompts[:2], bodies[:2])]}
+
+
+def evaluate_react(model: CausalLM, tokenizer: Tokenizer, splits: Splits, settings: EvalSettings) -> dict[str, Any]:
+    """Held-out questions with tools in the loop, with imagined observations, and answered directly."""
+    questions = react_questions(splits, settings.seed, settings.n_react)
+    report: dict[str, Any] = {"with_tools": {}, "without_tools": {}, "direct": {}}
+    for kind, items in questions.items():
+        qs = [it["question"] for it in items]
+        traces = react_with_tools(model, tokenizer, qs, splits.kb, batch_size=settings.batch_size)
+        checks = [check_react(t, splits.kb) for t in traces]
+        report["with_tools"][kind] = {"n": len(items), "well_formed_rate": _rate([c.well_formed for c in checks]),
+                                      "accuracy": _rate([c.answer_correct for c in checks]), "example": traces[0]}
+        # The same model writing its own observations: the trace looks the same; the numbers are its guesses.
+        free = complete(model, tokenizer, [f"Question: {q}\n" for q in qs], max_new_tokens=160,
+                        batch_size=settings.batch_size)
+        free_checks = [check_react(f"Question: {q}\n{t}", splits.kb) for q, t in zip(qs, free)]
+        report["without_tools"][kind] = {"n": len(items), "well_formed_rate": _rate([c.well_formed for c in free_checks]),
+                                         "accuracy": _rate([c.answer_correct for c in free_checks])}
+        direct = complete(model, tokenizer, [it["direct_prompt"] for it in items], max_new_tokens=24, stop=["\n"],
+                          batch_size=settings.batch_size)
+        if kind == "product":
+            correct = [a.strip() == it["answer"] for it, a in zip(items, direct)]
+        else:
+            correct = [check_answer(it["attribute"], it["subject"], a, splits.kb)[1] for it, a in zip(items, direct)]
+        report["direct"][kind] = {"n": len(items), "accuracy": _rate(correct)}
+    for mode in ("with_tools", "without_tools"):
+        parts = report[mode]
+        n = sum(p["n"] for p in parts.values())
+        parts["all"] = {"n": n, **{key: sum(p[key] * p["n"] for p in parts.values()) / n
+                                   for key in ("well_formed_rate", "accuracy")}}
+    parts = report["direct"]
+    parts["all"] = {"n": sum(p["n"] for p in parts.values()),
+                    "accuracy": sum(p["accuracy"] * p["n"] for p in parts.values()) / sum(p["n"] for p in parts.values())}
+    return report
+
+
+def evaluate_arithmetic(model: CausalLM, tokenizer: Tokenizer, splits: Splits, settings: EvalSettings) -> dict[str, Any]:
+    """Held-out problems answered directly and with the scratchpad (greedy), by operation."""
+    suites = evaluation_suites(splits, settings.seed, settings.n_per_suite)
+    report: dict[str, Any] = {}
+    for form, budget in (("direct", 16), ("scratchpad", 160)):
+        items = suites[f"arithmetic_{form}"]
+        outputs = complete(model, tokenizer, [it.prompt for it in items], max_new_tokens=budget,
+                           batch_size=settings.batch_size)
+        checks = [check_arithmetic(it.prompt + o) for it, o in zip(items, outputs)]
+        section: dict[str, Any] = {"n": len(items), "accuracy": _rate([c.answer_correct for c in checks])}
+        for op, label in (("+", "addition"), ("*", "multiplication")):
+            picked = [c.answer_correct for c, it in zip(checks, items) if it.meta["op"] == op]
+            section[label] = {"n": len(picked), "accuracy": _rate(picked)}
+        if form == "scratchpad":
+            section["steps_correct_rate"] = _rate([c.steps_correct is True for c in checks])
+        report[form] = section
+    return report
+
+
+def evaluate_retrieval(model: CausalLM, tokenizer: Tokenizer, splits: Splits, settings: EvalSettings) -> dict[str, Any]:
+    """Greedy answer to the question after the records, by number of records."""
+    items = evaluation_suites(splits, settings.seed, settings.n_per_suite)["retrieval"]
+    answers = complete(model, tokenizer, [it.prompt for it in items], max_new_tokens=12, stop=["\n"],
+                       batch_size=max(1, settings.batch_size // 4))
+    correct = [check_retrieval(it.prompt + a).answer_correct for it, a in zip(items, answers)]
+    report: dict[str, Any] = {"n": len(items), "accuracy": _rate(correct), "by_n_records": {}}
+    for n in sorted({it.meta["n_records"] for it in items}):
+        picked = [c for c, it in zip(correct, items) if it.meta["n_records"] == n]
+        report["by_n_records"][str(n)] = {"n": len(picked), "accuracy": _rate(picked)}
+    return report
+
+
+def evaluate_stories(model: CausalLM, tokenizer: Tokenizer, splits: Splits, settings: EvalSettings,
+                     temperature: float = 1.0) -> dict[str, Any]:
+    """Stories continued at ``temperature`` from their first sentence: are the sentences grammatical and true?"""
+    items = evaluation_suites(splits, settings.seed, settings.n_per_suite)["story"]
+    bodies = complete(model, tokenizer, [it.prompt for it in items], max_new_tokens=120, temperature=temperature,
+                      seed=settings.seed, batch_size=settings.batch_size)
+    checks = [c for b in bodies for c in check_statements(b, splits.train_kb)]
+    return {"n": len(items), "temperature": temperature, "n_sentences": len(checks),
+            "hallucination_rate": hallucination_rate(checks), "grammatical_error_rate": grammatical_error_rate(checks),
+            "example": items[0].prompt + bodies[0]}
+
+
+def draft_agreement(model: CausalLM, draft: CausalLM, tokenizer: Tokenizer, documents: Sequence[Document],
+                    batch_size: int = 32) -> float:
+    """Share of next-token positions where the draft's top-1 prediction equals the model's."""
+    texts = [d.text for d in documents]
+    _, top_model = document_nll(model, tokenizer, texts, batch_size, with_argmax=True)
+    _, top_draft = document_nll(draft, tokenizer, texts, batch_size, with_argmax=True)
+    same = sum(int((a == b).sum()) for a, b in zip(top_model, top_draft))
+    return same / sum(len(a) for a in top_model)
+
+
+def _lookup(report: dict[str, Any], path: str) -> float:
+    value: Any = report
+    for key in path.split("."):
+        value = value[key]
+    return float(value)
+
+
+def check_targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each target with the measured value and whether it is met."""
+    out = {}
+    for name, (path, op, threshold) in TARGETS.items():
+        value = _lookup(report, path)
+        met = value <= threshold if op == "<=" else value >= threshold
+        out[name] = {"value": value, "target": f"{op} {threshold}", "met": met}
+    return out
+
+
+def evaluate_model(model: CausalLM, tokenizer: Tokenizer, *, draft: CausalLM | None = None,
+                   settings: EvalSettings | None = None, splits: Splits | None = None,
+                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The whole report (see the module docstring). ``progress(section)`` is called before each section."""
+    settings = EvalSettings() if settings is None else settings
+    if not isinstance(settings, EvalSettings):
+        raise ValueError(f"settings must be an EvalSettings, got {type(settings).__name__}")
+    splits = default_splits(0) if splits is None else splits
+    note = progress or (lambda section: None)
+    model.eval()
+    report: dict[str, Any] = {"settings": asdict(settings), "seconds": {}}
+
+    def timed(section: str, fn: Callable[[], Any]) -> None:
+        note(section)
+        start = time.perf_counter()
+        report[section] = fn()
+        report["seconds"][section] = round(time.perf_counter() - start, 2)
+
+    documents = heldout_documents(splits, settings.seed, settings.docs_per_family)
+    timed("entropy", lambda: entropy_report(model, tokenizer, documents, batch_size=settings.batch_size))
+    timed("qa", lambda: evaluate_qa(model, tokenizer, splits, settings))
+    timed("card", lambda: evaluate_cards(model, tokenizer, splits, settings))
+    timed("react", lambda: evaluate_react(model, tokenizer, splits, settings))
+    timed("arithmetic", lambda: evaluate_arithmetic(model, tokenizer, splits, settings))
+    timed("retrieval", lambda: evaluate_retrieval(model, tokenizer, splits, settings))
+    timed("story", lambda: evaluate_stories(model, tokenizer, splits, settings))
+    if draft is not None:
+        def draft_section() -> dict[str, Any]:
+            entropy = entropy_report(draft, tokenizer, documents, batch_size=settings.batch_size)
+            return {"entropy": entropy, "top1_agreement": draft_agreement(model, draft, tokenizer, documents, settings.batch_size)}
+        timed("draft", draft_section)
+    report["targets"] = check_targets(report)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from llmbook.hub import load  # here: the evaluation functions above take models, not names
+
+    parser = argparse.ArgumentParser(prog="python -m llmbook.world.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tinyworld-main", help="shipped name, local directory or hub id")
+    parser.add_argument("--draft", default=None, help="a draft model to compare (e.g. tinyworld-draft)")
+    parser.add_argument("--out", default=None, help="write the JSON report here")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--docs-per-family", type=int, default=EvalSettings.docs_per_family)
+    parser.add_argument("--n-per-suite", type=int, default=EvalSettings.n_per_suite)
+    parser.add_argument("--n-react", type=int, default=EvalSettings.n_react)
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    args = parser.parse_args(argv)
+    settings = EvalSettings(seed=args.seed, docs_per_family=args.docs_per_family, n_per_suite=args.n_per_suite,
+                            n_react=args.n_react)
+    model, tokenizer = load(args.model, device=args.device)
+    draft = load(args.draft, device=args.device)[0] if args.draft else None
+    report = evaluate_model(model, tokenizer, draft=draft, settings=settings,
+                            progress=lambda s: print(f"evaluating {s} ...", flush=True))
+    report["model"], report["draft_model"] = args.model, args.draft
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    for name, target in report["targets"].items():
+        print(f"{'met ' if target['met'] else 'MISS'}  {name}: {target['value']:.3f} (target {target['target']})")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""llmbook.world.evaluate: the likelihood bookkeeping, the tool loop, the report and the CLI."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmbook.hub import load
+from llmbook.world import FAMILIES, default_splits
+from llmbook.world.checkers import run_action
+from llmbook.world.evaluate import (
+    TARGETS,
+    EvalSettings,
+    check_targets,
+    document_nll,
+    entropy_report,
+    heldout_documents,
+    main,
+    react_questions,
+    react_with_tools,
+)
+from llmbook.world.splits import DEFAULT_MIXTURE
+
+
+@pytest.fixture(scope="module")
+def draft():
+    return load("tinyworld-draft", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def documents():
+    return heldout_documents(default_splits(0), seed=0, per_family=3)
+
+
+def test_document_nll_is_the_sum_over_text_and_eos_and_ignores_batch_padding(draft):
+    model, tok = draft
+    texts = ["Mira lives in Tolby.", "Question: How old is Mira?\nAnswer: Mira is 40 years old.", "Compute 3 + 4.\nAnswer: 7"]
+    batched = document_nll(model, tok, texts, batch_size=3)
+    for text, (nats, n) in zip(texts, batched):
+        ids = torch.tensor([tok.encode(text, add_bos=True) + [tok.eos_token_id]])
+        with torch.no_grad():
+            logits = model(ids)
+        expected = F.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum").item()
+        assert n == ids.shape[1] - 1
+        assert nats == pytest.approx(expected, rel=1e-5)
+        assert document_nll(model, tok, [text], batch_size=1)[0][0] == pytest.approx(nats, rel=1e-5)
+
+
+def test_heldout_documents_cover_every_family_and_are_not_in_the_corpus_stream(documents):
+    assert sorted({d.family for d in documents}) == sorted(FAMILIES)
+    assert all(len([d for d in documents if d.family == f]) == 3 for f in FAMILIES)
+
+
+def test_entropy_floor_includes_the_family_choice_and_all_is_the_mixture_average(draft, documents):
+    model, tok = draft
+    report = entropy_report(model, tok, documents)
+    nll = document_nll(model, tok, [d.text for d in documents])
+    for family in FAMILIES:
+        rows = [(n, d) for n, d in zip(nll, documents) if d.family == family]
+        tokens = sum(n[1] for n, _ in rows)
+        floor = -sum(d.logprob + math.log(DEFAULT_MIXTURE[family]) for _, d in rows) / tokens
+        assert report[family]["floor"] == pytest.approx(floor)
+        assert report[family]["gap"] == pytest.approx(report[family]["model"] - floor)
+    # A model cannot beat the generator on average: the gap is a KL divergence (checked on all docs).
+    assert report["all"]["gap"] > 0
+    per_family_min = min(report[f]["floor"] for f in FAMILIES)
+    per_family_max = max(report[f]["floor"] for f in FAMILIES)
+    assert per_family_min <= report["all"]["floor"] <= per_family_max
+
+
+def test_entropy_report_refuses_to_skip_a_family(draft, documents):
+    model, tok = draft
+    with pytest.raises(ValueError, match="missing.*'story'"):
+        entropy_report(model, tok, [d for d in documents if d.family != "story"])
+
+
+def test_tool_loop_writes_real_tool_outputs_as_observations(draft):
+    model, tok = draft
+    splits = default_splits(0)
+    questions = react_questions(splits, seed=0, n=3)
+    qs = [q["question"] for kind in questions.values() for q in kind]
+    traces = react_with_tools(model, tok, qs, splits.kb, max_steps=2)
+    assert len(traces) == len(qs)
+    n_observations = 0
+    for question, trace in zip(qs, traces):
+        lines = trace.split("\n")
+        assert lines[0] == f"Question: {question}"
+        for i, line in enumerate(lines):
+            if line.startswith("Observation: "):
+                n_observations += 1
+                action = lines[i - 1].removeprefix("Action: ")
+                try:
+                    expected = run_action(action, splits.kb)
+                except ValueError:
+                    expected = "error"
+                assert line == f"Observation: {expected}"
+    assert n_observations > 0
+
+
+def test_react_questions_are_multi_digit_products_and_heldout_lookups():
+    splits = default_splits(0)
+    questions = react_questions(splits, seed=0, n=20)
+    for q in questions["product"]:
+        a, b = map(int, q["question"].removeprefix("What is ").removesuffix("?").split(" * "))
+        assert a >= 10 and b >= 10 and q["answer"] == str(a * b)
+        assert q["direct_prompt"] == f"Compute {a} * {b}.\nAnswer:"
+    assert all(q["subject"] in splits.heldout_people for q in questions["lookup_heldout"])
+    assert react_questions(splits, seed=0, n=20) == questions
+
+
+@pytest.mark.parametrize("field,value", [("n_per_suite", 0), ("docs_per_family", -1), ("batch_size", 1.5), ("seed", "0")])
+def test_settings_validate(field, value):
+    with pytest.raises(ValueError, match=field):
+        EvalSettings(**{field: value})
+
+
+def test_check_targets_compares_in_the_right_direction():
+    report = {"entropy": {"all": {"gap": 0.2}}, "qa": {"qa_seen": {"accuracy": 0.97}}, "card": {"schema_ok_rate": 0.9},
+              "react": {"with_tools": {"all": {"well_formed_rate": 0.5, "accuracy": 0.95}}}}
+    result = check_targets(report)
+    assert set(result) == set(TARGETS)
+    met = {name: r["met"] for name, r in result.items()}
+    assert met == {"entropy gap, all families (nats/token)": False, "fact QA on training facts (accuracy)": True,
+                   "JSON cards at T=1 (valid JSON matching the schema)": True,
+                   "ReAct traces well-formed (tools in the loop)": False,
+                   "ReAct correct with tools (held-out products and lookups)": True}
+
+
+def test_cli_writes_a_report_with_every_section_and_family(tmp_path):
+    out = tmp_path / "report.json"
+    main(["--model", "tinyworld-draft", "--draft", "tinyworld-draft", "--out", str(out), "--docs-per-family", "2",
+          "--n-per-suite", "2", "--n-react", "2", "--device", "cpu"])
+    report = json.loads(out.read_text())
+    assert {"entropy", "qa", "card", "react", "arithmetic", "retrieval", "story", "draft", "targets"} <= set(report)
+    assert set(FAMILIES) | {"all"} == set(report["entropy"])
+    assert report["draft"]["top1_agreement"] == 1.0  # a model agrees with itself
+    assert report["react"]["with_tools"]["all"]["n"] == 4
+
+
+def test_cli_names_an_unknown_model(tmp_path):
+    with pytest.raises(ValueError, match="not-a-model-dir"):
+        main(["--model", str(tmp_path / "not-a-model-dir")])
