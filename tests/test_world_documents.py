@@ -75,3 +75,30 @@ def test_vocabulary_beyond_names_and_numbers_is_small(world):
         for doc in world.sample(family, seed=7, n=150):
             words |= set(re.findall(r"\b[a-z][a-z_]*\b", doc.text))
     assert 120 < len(words) < 300
+
+
+def test_true_next_token_distribution_maps_words_to_first_tokens_and_sums_to_one():
+    from llmbook.hub import load
+    from llmbook.world import default_splits, true_next_token_distribution, true_next_word_distribution
+
+    _, tok = load("tinyworld-draft", device="cpu")
+    splits = default_splits(0)
+    kb, name = splits.train_kb, splits.train_people[0]
+    town = kb.get(name, "town")
+    assert true_next_token_distribution(f"{name} lives in", "fact", kb, tok) == {tok.encode(f" {town}")[0]: 1.0}
+    # Where every next word is one token, the token distribution is the word distribution.
+    prefix = "Once upon a time, in the town of"
+    words = true_next_word_distribution(prefix, "story", kb)
+    tokens = true_next_token_distribution(prefix, "story", kb, tok)
+    assert abs(sum(tokens.values()) - 1) < 1e-12
+    assert {tok.decode([t]): p for t, p in tokens.items()} == pytest.approx({f" {w}": p for w, p in words.items()})
+    # Numbers are split into digits: after "is" the age starts with a lone space token.
+    ages = true_next_token_distribution(f"{name} is", "fact", kb, tok)
+    assert tok.encode(" ")[0] in ages
+    # A finished one-fact document ends with EOS or goes on with a newline and another fact.
+    after = true_next_token_distribution(f"{name} lives in {town}.", "fact", kb, tok)
+    assert tok.eos_token_id in after and abs(sum(after.values()) - 1) < 1e-12
+    with pytest.raises(ValueError, match="token boundary"):
+        true_next_token_distribution(f"{name} lives in ", "fact", kb, tok)
+    with pytest.raises(ValueError, match="cannot be produced"):
+        true_next_token_distribution("Zzz", "fact", kb, tok)

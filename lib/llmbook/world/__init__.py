@@ -42,11 +42,12 @@ from .documents import (
     sample_document,
     sample_documents,
     scratchpad_lines,
+    true_next_token_distribution,
     true_next_word_distribution,
 )
 from .entities import ATTRIBUTES, Item, KnowledgeBase, Person, Town, generate_knowledge_base
 from .grammar import ALL_TEMPLATES, Claim, Template, parse_sentence
-from .program import END, Chooser, Sampler, enumerate_paths, next_word_distribution, text_logprob
+from .program import END, Chooser, Sampler, continuation_masses, enumerate_paths, next_word_distribution, text_logprob
 from .splits import (
     DEFAULT_MIXTURE,
     SUITES,
@@ -68,9 +69,9 @@ __all__ = [
     "Item", "KnowledgeBase", "Person", "QACheck", "QAConfig", "ReactCheck", "ReactConfig", "RetrievalCheck",
     "RetrievalConfig", "SUITES", "Sampler", "Splits", "StatementCheck", "StoryConfig", "Template", "Town", "World",
     "build_corpus", "calculator", "check_arithmetic", "check_card", "check_qa", "check_react", "check_retrieval",
-    "check_statement", "check_statements", "claim_is_true", "default_splits", "document_is_correct",
+    "check_statement", "check_statements", "claim_is_true", "continuation_masses", "default_splits", "document_is_correct",
     "document_logprob", "enumerate_documents", "enumerate_paths", "evaluation_suites", "generate_knowledge_base",
     "grammatical_error_rate", "hallucination_rate", "lookup", "make_splits", "next_word_distribution",
     "parse_sentence", "render_fact", "sample_document", "sample_documents", "scratchpad_lines", "split_statements",
-    "text_logprob", "true_next_word_distribution",
+    "text_logprob", "true_next_token_distribution", "true_next_word_distribution",
 ]

@@ -35,7 +35,7 @@ from .grammar import (
     Template,
 )
 from .lexicon import DAYS, WEATHER, plural, seeded_rng
-from .program import Chooser, Program, enumerate_paths, next_word_distribution, run, text_logprob
+from .program import Chooser, Program, continuation_masses, enumerate_paths, next_word_distribution, run, text_logprob
 from .tools import calculator, lookup
 
 
@@ -584,6 +584,36 @@ def true_next_word_distribution(prefix: str, family: str, kb: KnowledgeBase, con
     document. ValueError if the family cannot produce ``prefix``.
     """
     return next_word_distribution(family_program(family, kb, config), prefix, max_runs)
+
+
+def true_next_token_distribution(prefix: str, family: str, kb: KnowledgeBase, tokenizer: Any, config: Any = None,
+                                 max_runs: int = 1_000_000) -> dict[int, float]:
+    """The generator's exact distribution of the next *token* after ``prefix``, as token id -> probability.
+
+    What a perfect model would predict at that position: every continuation the family can
+    write is tokenized with ``tokenizer`` (an :class:`llmbook.tokenizer.Tokenizer`) and its
+    probability goes to its first token after the prefix (the EOS id where the document ends).
+    ValueError if the family cannot produce ``prefix``, or if ``prefix`` does not end on a
+    token boundary (e.g. a trailing space that the tokenizer would join to the next word).
+    """
+    prefix_ids = tokenizer.encode(prefix, add_bos=False)
+    masses: dict[int, list[float]] = {}
+    for continuation, logprob in continuation_masses(family_program(family, kb, config), prefix, max_runs):
+        if continuation == "":
+            token = tokenizer.eos_token_id
+        else:
+            ids = tokenizer.encode(prefix + continuation, add_bos=False)
+            if ids[: len(prefix_ids)] != prefix_ids or len(ids) == len(prefix_ids):
+                raise ValueError(f"prefix must end on a token boundary; {prefix[-20:]!r} + {continuation[:20]!r} "
+                                 "is tokenized across it")
+            token = ids[len(prefix_ids)]
+        masses.setdefault(token, []).append(logprob)
+    if not masses:
+        raise ValueError(f"prefix cannot be produced by the {family!r} family: {prefix[:80]!r}")
+    top = max(v for values in masses.values() for v in values)
+    weights = {t: sum(math.exp(v - top) for v in values) for t, values in masses.items()}
+    total = sum(weights.values())
+    return dict(sorted(((t, w / total) for t, w in weights.items()), key=lambda kv: (-kv[1], kv[0])))
 
 
 def document_logprob(text: str, family: str, kb: KnowledgeBase, config: Any = None, max_runs: int = 1_000_000) -> float:

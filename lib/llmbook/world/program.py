@@ -204,6 +204,24 @@ def next_word_distribution(program: Program, prefix: str, max_runs: int = 1_000_
     return dict(sorted(dist.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+def continuation_masses(program: Program, prefix: str, max_runs: int = 1_000_000) -> list[tuple[str, float]]:
+    """``(continuation, log P)`` for every way the text goes on after ``prefix``.
+
+    Each continuation runs from the end of ``prefix`` to at least the end of the next word
+    and the character after it (or to the end of the document, ``""`` if it ends right
+    there); their probabilities sum to P(prefix). Finer-grained than words: it keeps the
+    whitespace and punctuation, which a tokenizer needs to say what the next *token* is.
+    """
+    if not isinstance(prefix, str):
+        raise ValueError(f"prefix must be a str, got {type(prefix).__name__}")
+    out = []
+    for kind, replay, _ in _replay_all(program, prefix, max_runs):
+        if kind == "end" and len(replay.text) < len(prefix):
+            continue
+        out.append((replay.text[len(prefix):], replay.logprob))
+    return out
+
+
 def text_logprob(program: Program, text: str, max_runs: int = 1_000_000) -> float:
     """Exact log P(text) under the program, summed over every path that yields it (-inf if none)."""
     return next_word_masses(program, text, max_runs).get(END, -math.inf)
