@@ -593,21 +593,27 @@ def true_next_token_distribution(prefix: str, family: str, kb: KnowledgeBase, to
     What a perfect model would predict at that position: every continuation the family can
     write is tokenized with ``tokenizer`` (an :class:`llmbook.tokenizer.Tokenizer`) and its
     probability goes to its first token after the prefix (the EOS id where the document ends).
-    ValueError if the family cannot produce ``prefix``, or if ``prefix`` does not end on a
-    token boundary (e.g. a trailing space that the tokenizer would join to the next word).
+    A model sees tokens, so the condition is the prefix's *tokens*: continuations that the
+    tokenizer would join to the end of the prefix ("A" + "radan" is the one token "Aradan")
+    cannot follow them and are left out, and the rest renormalised.
+    ValueError if the family cannot produce ``prefix``, or if no continuation keeps its tokens
+    (e.g. a trailing space that the tokenizer always joins to the next word).
     """
     prefix_ids = tokenizer.encode(prefix, add_bos=False)
     masses: dict[int, list[float]] = {}
-    for continuation, logprob in continuation_masses(family_program(family, kb, config), prefix, max_runs):
+    continuations = continuation_masses(family_program(family, kb, config), prefix, max_runs)
+    for continuation, logprob in continuations:
         if continuation == "":
             token = tokenizer.eos_token_id
         else:
             ids = tokenizer.encode(prefix + continuation, add_bos=False)
             if ids[: len(prefix_ids)] != prefix_ids or len(ids) == len(prefix_ids):
-                raise ValueError(f"prefix must end on a token boundary; {prefix[-20:]!r} + {continuation[:20]!r} "
-                                 "is tokenized across it")
+                continue  # tokenized across the end of the prefix: not a continuation of these tokens
             token = ids[len(prefix_ids)]
         masses.setdefault(token, []).append(logprob)
+    if continuations and not masses:
+        raise ValueError(f"prefix must end on a token boundary: every continuation of {prefix[-20:]!r} "
+                         "is tokenized across its end")
     if not masses:
         raise ValueError(f"prefix cannot be produced by the {family!r} family: {prefix[:80]!r}")
     top = max(v for values in masses.values() for v in values)
