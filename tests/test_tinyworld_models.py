@@ -1,0 +1,76 @@
+"""The two shipped TinyWorld models: where they live, what reads them, and that they still know the world."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from llmbook.hub import ASSETS_DIR, SHIPPED_MODELS, ModelLoadError, load
+from llmbook.model import count_parameters
+from llmbook.train import get_preset
+from llmbook.world import RetrievalConfig, default_splits, evaluation_suites, sample_documents
+from llmbook.world.evaluate import complete
+from llmbook.world.checkers import check_qa
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {name: load(name, device="cpu") for name in SHIPPED_MODELS}
+
+
+def test_files_sizes_and_shapes(models):
+    total = sum(f.stat().st_size for name in SHIPPED_MODELS for f in (ASSETS_DIR / name).iterdir())
+    assert total <= 40 * 2**20, f"shipped assets weigh {total / 2**20:.1f} MB"
+    main, draft = models["tinyworld-main"][0], models["tinyworld-draft"][0]
+    assert 2e6 <= count_parameters(main) <= 2e7
+    assert count_parameters(main) >= 5 * count_parameters(draft)
+    tok_main, tok_draft = models["tinyworld-main"][1], models["tinyworld-draft"][1]
+    assert (ASSETS_DIR / "tinyworld-main" / "tokenizer.json").read_bytes() == (ASSETS_DIR / "tinyworld-draft" / "tokenizer.json").read_bytes()
+    assert tok_main.vocab_size == tok_draft.vocab_size == main.config.vocab_size == draft.config.vocab_size
+    # The context holds the longest retrieval documents the world writes by default, with room to spare.
+    longest = max(len(tok_main.encode(d.text, add_bos=True)) + 1
+                  for d in sample_documents("retrieval", default_splits(0).train_kb, 0, 20, RetrievalConfig(n_records=(32,))))
+    assert longest < main.config.max_position_embeddings == draft.config.max_position_embeddings
+
+
+@pytest.mark.parametrize("name", SHIPPED_MODELS)
+def test_shipped_run_matches_its_preset(name):
+    training = json.loads((ASSETS_DIR / name / "training.json").read_text())
+    preset = get_preset(name)
+    assert training["preset"] == name and training["steps"] == preset.max_steps
+    assert 0 < training["eval_floor"]["nats_per_token"] < 1
+    evals = [e for _, _, e in training["history"] if e is not None]
+    assert evals[-1] < evals[0] / 5
+
+
+@pytest.mark.parametrize("name", SHIPPED_MODELS)
+def test_transformers_reads_the_shipped_folders_with_the_same_logits(name, models):
+    transformers = pytest.importorskip("transformers")
+    ours, tok = models[name]
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(ASSETS_DIR / name, torch_dtype=torch.float32).eval()
+    ids = torch.tensor([tok.encode("Question: Where does Mira live?\nAnswer: Mira lives in Tolby.", add_bos=True)])
+    with torch.no_grad():
+        diff = (ours(ids) - theirs(ids).logits).abs().max().item()
+    assert diff < 1e-4
+
+
+def test_main_model_answers_training_facts(models):
+    model, tok = models["tinyworld-main"]
+    splits = default_splits(0)
+    items = evaluation_suites(splits, seed=0, n_per_suite=40)["qa_seen"]
+    answers = complete(model, tok, [it.prompt for it in items], max_new_tokens=24, stop=["\n"])
+    accuracy = sum(check_qa(it.prompt + a, splits.kb).correct for it, a in zip(items, answers)) / len(items)
+    assert accuracy >= 0.95, accuracy
+
+
+def test_corrupt_or_missing_weights_name_the_file(tmp_path):
+    folder = tmp_path / "broken"
+    shutil.copytree(ASSETS_DIR / "tinyworld-draft", folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match="model.safetensors"):
+        load(folder)
+    weights.unlink()
+    with pytest.raises(ModelLoadError, match="model.safetensors"):
+        load(folder)
