@@ -99,14 +99,16 @@ def test_tool_loop_writes_real_tool_outputs_as_observations(draft):
     assert n_observations > 0
 
 
-def test_react_questions_are_multi_digit_products_and_heldout_lookups():
+def test_react_questions_are_multi_digit_products_hidden_facts_and_strangers():
     splits = default_splits(0)
     questions = react_questions(splits, seed=0, n=20)
     for q in questions["product"]:
         a, b = map(int, q["question"].removeprefix("What is ").removesuffix("?").split(" * "))
         assert a >= 10 and b >= 10 and q["answer"] == str(a * b)
         assert q["direct_prompt"] == f"Compute {a} * {b}.\nAnswer:"
-    assert all(q["subject"] in splits.heldout_people for q in questions["lookup_heldout"])
+    assert len(questions["lookup_hidden_fact"]) == 20
+    assert all((q["subject"], q["attribute"]) in splits.hidden_facts for q in questions["lookup_hidden_fact"])
+    assert all(q["subject"] in splits.heldout_people for q in questions["lookup_heldout_person"])
     assert react_questions(splits, seed=0, n=20) == questions
 
 
@@ -118,14 +120,14 @@ def test_settings_validate(field, value):
 
 def test_check_targets_compares_in_the_right_direction():
     report = {"entropy": {"all": {"gap": 0.2}}, "qa": {"qa_seen": {"accuracy": 0.97}}, "card": {"schema_ok_rate": 0.9},
-              "react": {"with_tools": {"all": {"well_formed_rate": 0.5, "accuracy": 0.95}}}}
+              "react": {"with_tools": {"target_set": {"well_formed_rate": 0.5, "accuracy": 0.95}}}}
     result = check_targets(report)
     assert set(result) == set(TARGETS)
     met = {name: r["met"] for name, r in result.items()}
     assert met == {"entropy gap, all families (nats/token)": False, "fact QA on training facts (accuracy)": True,
                    "JSON cards at T=1 (valid JSON matching the schema)": True,
                    "ReAct traces well-formed (tools in the loop)": False,
-                   "ReAct correct with tools (held-out products and lookups)": True}
+                   "ReAct correct with tools (held-out products and hidden facts)": True}
 
 
 def test_cli_writes_a_report_with_every_section_and_family(tmp_path):
@@ -136,7 +138,7 @@ def test_cli_writes_a_report_with_every_section_and_family(tmp_path):
     assert {"entropy", "qa", "card", "react", "arithmetic", "retrieval", "story", "draft", "targets"} <= set(report)
     assert set(FAMILIES) | {"all"} == set(report["entropy"])
     assert report["draft"]["top1_agreement"] == 1.0  # a model agrees with itself
-    assert report["react"]["with_tools"]["all"]["n"] == 4
+    assert report["react"]["with_tools"]["target_set"]["n"] == 4
 
 
 def test_cli_names_an_unknown_model(tmp_path):

@@ -12,9 +12,9 @@ The report (JSON, also returned by :func:`evaluate_model`) has one section per m
   and hidden facts the model never saw (how often it asserts a specific, hence made-up, answer:
   its hallucination rate), and about the "new knowledge" people kept for fine-tuning.
 - ``card``: JSON entity cards sampled at temperature 1: valid JSON, schema, every field true.
-- ``react``: the same held-out questions (multi-digit products; lookups about held-out people)
-  answered three ways: with the tools really executed in the loop, with the model writing its
-  own observations (no tools), and directly in the corpus's direct-answer formats.
+- ``react``: the same held-out questions (multi-digit products; lookups of hidden facts and of
+  held-out people) answered three ways: with the tools really executed in the loop, with the
+  model writing its own observations (no tools), and directly in the corpus's direct-answer formats.
 - ``arithmetic``: held-out problems answered directly vs with the scratchpad.
 - ``retrieval`` and ``story``: in-context retrieval accuracy; sampled stories' hallucination
   and grammatical error rates.
@@ -68,6 +68,7 @@ __all__ = [
     "complete",
     "react_with_tools",
     "react_questions",
+    "REACT_TARGET_KINDS",
     "evaluate_qa",
     "evaluate_cards",
     "evaluate_react",
@@ -84,8 +85,8 @@ TARGETS: dict[str, tuple[str, str, float]] = {
     "entropy gap, all families (nats/token)": ("entropy.all.gap", "<=", 0.15),
     "fact QA on training facts (accuracy)": ("qa.qa_seen.accuracy", ">=", 0.95),
     "JSON cards at T=1 (valid JSON matching the schema)": ("card.schema_ok_rate", ">=", 0.90),
-    "ReAct traces well-formed (tools in the loop)": ("react.with_tools.all.well_formed_rate", ">=", 0.95),
-    "ReAct correct with tools (held-out products and lookups)": ("react.with_tools.all.accuracy", ">=", 0.90),
+    "ReAct traces well-formed (tools in the loop)": ("react.with_tools.target_set.well_formed_rate", ">=", 0.95),
+    "ReAct correct with tools (held-out products and hidden facts)": ("react.with_tools.target_set.accuracy", ">=", 0.90),
 }
 EVAL_SEED_OFFSET = 2_000_003  # documents for the entropy measurement: a stream the corpus never uses
 
@@ -216,6 +217,7 @@ def complete(model: CausalLM, tokenizer: Tokenizer, prompts: Sequence[str], *, m
 
 
 _ACTION_LINE = re.compile(r"^Action: (.*)$", re.M)
+REACT_OPENING = "Thought:"
 
 
 def react_with_tools(model: CausalLM, tokenizer: Tokenizer, questions: Sequence[str], kb, *, max_steps: int = 4,
@@ -223,10 +225,13 @@ def react_with_tools(model: CausalLM, tokenizer: Tokenizer, questions: Sequence[
     """ReAct with the tools in the loop: the model writes Thought and Action; we run the action
     and write the Observation; repeat until it writes ``Answer:`` (greedy decoding).
 
-    A row whose action cannot be run gets an ``Observation: error`` line (the checker then
-    marks the trace malformed). Returns each full trace.
+    The harness opens the model's turn with ``Thought:``, as agent frameworks do: in TinyWorld
+    a question such as "Where does Mira live?" also opens plain QA pairs, which answer at once,
+    so the prefix is what asks for the tool-using format. A row whose action cannot be run gets
+    an ``Observation: error`` line (the checker then marks the trace malformed).
+    Returns each full trace.
     """
-    traces = [f"Question: {q}\n" for q in questions]
+    traces = [f"Question: {q}\n{REACT_OPENING}" for q in questions]
     active = list(range(len(traces)))
     for _ in range(max_steps):
         if not active:
@@ -250,7 +255,13 @@ def react_with_tools(model: CausalLM, tokenizer: Tokenizer, questions: Sequence[
 
 
 def react_questions(splits: Splits, seed: int, n: int) -> dict[str, list[dict[str, Any]]]:
-    """Held-out ReAct questions: products of multi-digit numbers, and lookups about held-out people.
+    """Held-out ReAct questions, three kinds:
+
+    - ``product``: multi-digit products (2-3 digits times 2 digits) the model cannot know by heart;
+    - ``lookup_hidden_fact``: the hidden facts, about training people, never stated in training
+      (all of them, at most ``n``): the model knows the person, only the tool knows the fact;
+    - ``lookup_heldout_person``: facts about held-out people, whose names the model never saw
+      (a harder test: it must copy an unseen name into the tool call).
 
     Each comes with its direct-answer prompt in the corpus's own formats: the arithmetic family's
     ``Compute a * b.\\nAnswer:`` and the QA family's ``Question: ...\\nAnswer:``.
@@ -262,14 +273,23 @@ def react_questions(splits: Splits, seed: int, n: int) -> dict[str, list[dict[st
         a, b = rng.randrange(10, 1000), rng.randrange(10, 100)
         products.append({"question": f"What is {a} * {b}?", "direct_prompt": f"Compute {a} * {b}.\nAnswer:",
                          "answer": str(a * b), "kind": "product"})
-    lookups = []
-    attributes = ("town", "job", "age", "food")
-    for _ in range(n):
-        name, attribute = rng.choice(splits.heldout_people), rng.choice(attributes)
+
+    def lookup(name: str, attribute: str, kind: str) -> dict[str, Any]:
         question = QUESTION_TEMPLATES[attribute].render(person=name)
-        lookups.append({"question": question, "direct_prompt": f"Question: {question}\nAnswer:",
-                        "subject": name, "attribute": attribute, "kind": "lookup"})
-    return {"product": products, "lookup_heldout": lookups}
+        return {"question": question, "direct_prompt": f"Question: {question}\nAnswer:", "subject": name,
+                "attribute": attribute, "kind": kind}
+
+    hidden = sorted(splits.hidden_facts)
+    hidden = rng.sample(hidden, min(n, len(hidden)))
+    attributes = ("town", "job", "age", "food")
+    strangers = [(rng.choice(splits.heldout_people), rng.choice(attributes)) for _ in range(n)]
+    return {"product": products,
+            "lookup_hidden_fact": [lookup(name, attribute, "lookup_hidden_fact") for name, attribute in hidden],
+            "lookup_heldout_person": [lookup(name, attribute, "lookup_heldout_person") for name, attribute in strangers]}
+
+
+# The ReAct target is measured on these kinds; held-out people are reported beside it.
+REACT_TARGET_KINDS = ("product", "lookup_hidden_fact")
 
 
 # -- the sections ----------------------------------------------------------------------------------
@@ -321,9 +341,9 @@ def evaluate_react(model: CausalLM, tokenizer: Tokenizer, splits: Splits, settin
         report["with_tools"][kind] = {"n": len(items), "well_formed_rate": _rate([c.well_formed for c in checks]),
                                       "accuracy": _rate([c.answer_correct for c in checks]), "example": traces[0]}
         # The same model writing its own observations: the trace looks the same; the numbers are its guesses.
-        free = complete(model, tokenizer, [f"Question: {q}\n" for q in qs], max_new_tokens=160,
-                        batch_size=settings.batch_size)
-        free_checks = [check_react(f"Question: {q}\n{t}", splits.kb) for q, t in zip(qs, free)]
+        opening = [f"Question: {q}\n{REACT_OPENING}" for q in qs]
+        free = complete(model, tokenizer, opening, max_new_tokens=160, batch_size=settings.batch_size)
+        free_checks = [check_react(o + t, splits.kb) for o, t in zip(opening, free)]
         report["without_tools"][kind] = {"n": len(items), "well_formed_rate": _rate([c.well_formed for c in free_checks]),
                                          "accuracy": _rate([c.answer_correct for c in free_checks])}
         direct = complete(model, tokenizer, [it["direct_prompt"] for it in items], max_new_tokens=24, stop=["\n"],
@@ -333,14 +353,15 @@ def evaluate_react(model: CausalLM, tokenizer: Tokenizer, splits: Splits, settin
         else:
             correct = [check_answer(it["attribute"], it["subject"], a, splits.kb)[1] for it, a in zip(items, direct)]
         report["direct"][kind] = {"n": len(items), "accuracy": _rate(correct)}
+
+    def pooled(parts: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+        n = sum(parts[k]["n"] for k in REACT_TARGET_KINDS)
+        return {"n": n, "kinds": list(REACT_TARGET_KINDS),
+                **{key: sum(parts[k][key] * parts[k]["n"] for k in REACT_TARGET_KINDS) / n for key in keys}}
+
     for mode in ("with_tools", "without_tools"):
-        parts = report[mode]
-        n = sum(p["n"] for p in parts.values())
-        parts["all"] = {"n": n, **{key: sum(p[key] * p["n"] for p in parts.values()) / n
-                                   for key in ("well_formed_rate", "accuracy")}}
-    parts = report["direct"]
-    parts["all"] = {"n": sum(p["n"] for p in parts.values()),
-                    "accuracy": sum(p["accuracy"] * p["n"] for p in parts.values()) / sum(p["n"] for p in parts.values())}
+        report[mode]["target_set"] = pooled(report[mode], ("well_formed_rate", "accuracy"))
+    report["direct"]["target_set"] = pooled(report["direct"], ("accuracy",))
     return report
 
 
