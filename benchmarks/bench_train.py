@@ -7,8 +7,10 @@ the per-step tokens/s after the first step (which pays one-off allocation costs)
 estimates how long the preset's ``max_steps`` take, the number that the presets are sized by
 (main <= 60 min, draft <= 15 min on a 2-core CPU).
 
-The vocabulary is an assumption (``--vocab``, default 4096) until the TinyWorld tokenizer exists;
-the output layer is a small share of the compute at these sizes.
+The vocabulary defaults to the shipped TinyWorld tokenizer's. The record also copies, from each
+shipped model's ``training.json``, what its full training run measured (steps, median tokens/s,
+minutes in training steps): the numbers the README quotes. No GPU was available where these
+results were taken; on CUDA the script times the same loop with bf16 autocast (``--device cuda``).
 
 Usage: python benchmarks/bench_train.py [--steps N] [--vocab V] [--threads N] [--out benchmarks/results/train.json]
 """
@@ -27,20 +29,40 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
+from llmbook.hub import ASSETS_DIR, SHIPPED_MODELS  # noqa: E402
 from llmbook.model import CausalLM  # noqa: E402
+from llmbook.tokenizer import Tokenizer  # noqa: E402
 from llmbook.train import build_model_config, get_preset, train  # noqa: E402
 
 PRESET_NAMES = ("tiny-test", "tinyworld-draft", "tinyworld-main")
 
 
-def bench_preset(name: str, steps: int, vocab: int) -> dict:
+def shipped_vocab() -> int:
+    """Vocabulary size of the shipped TinyWorld tokenizer."""
+    return Tokenizer.from_file(ASSETS_DIR / "tinyworld-main").vocab_size
+
+
+def shipped_runs() -> list[dict]:
+    """What each shipped model's full training run measured (from its training.json)."""
+    rows = []
+    for name in SHIPPED_MODELS:
+        t = json.loads((ASSETS_DIR / name / "training.json").read_text())
+        rows.append({"model": name, "steps": t["steps"], "tokens": t["tokens"], "parameters": t["parameters"],
+                     "median_tokens_per_s": round(t["median_tokens_per_s"], 1),
+                     "minutes_in_training_steps": round(t["train_step_seconds"] / 60, 1),
+                     "final_eval_loss": [e for _, _, e in t["history"] if e is not None][-1],
+                     "eval_floor": round(t["eval_floor"]["nats_per_token"], 4)})
+    return rows
+
+
+def bench_preset(name: str, steps: int, vocab: int, device: str = "cpu") -> dict:
     """Median training tokens/s of preset ``name`` over ``steps`` steps (the first one not counted)."""
     preset = get_preset(name)
     config = get_preset(name, max_steps=steps + 1, warmup_steps=1, checkpoint_every=steps + 1)
     tokens_needed = (steps + 2) * config.batch_size * config.seq_len + 1
     g = torch.Generator().manual_seed(0)
     documents = [torch.randint(3, vocab, (1000,), generator=g).tolist() for _ in range(tokens_needed // 1000 + 1)]
-    result = train(config, documents, vocab_size=vocab, device="cpu", progress=False)
+    result = train(config, documents, vocab_size=vocab, device=device, progress=False)
     rates = [h["tokens_per_s"] for h in result.history[1:]]  # step 1 pays one-off allocation costs
     tps = statistics.median(rates)
     model_config = build_model_config(config, vocab)
@@ -70,7 +92,8 @@ def bench_preset(name: str, steps: int, vocab: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6, help="timed steps per preset (default 6)")
-    parser.add_argument("--vocab", type=int, default=4096, help="vocabulary size assumed (default 4096)")
+    parser.add_argument("--vocab", type=int, default=None, help="vocabulary size (default: the shipped tokenizer's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
     args = parser.parse_args()
@@ -80,16 +103,19 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {platform.machine()} CPU, {torch.get_num_threads()} threads, float32")
     load_before = os.getloadavg()[0]  # other processes on a 2-core machine slow every number here
-    rows = [bench_preset(name, args.steps, args.vocab) for name in PRESET_NAMES]
+    vocab = args.vocab or shipped_vocab()
+    rows = [bench_preset(name, args.steps, vocab, args.device) for name in PRESET_NAMES]
     record = {
         "benchmark": "training tokens/s of llmbook.train.train (forward + backward + AdamW), median over steps",
-        "device": "cpu",
+        "device": args.device,
+        "gpu": "not measured: no GPU was available to this project's sessions so far",
         "machine": platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "dtype": "float32",
         "load_average_1min_before": round(load_before, 2),
         "results": rows,
+        "shipped_runs": shipped_runs(),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
