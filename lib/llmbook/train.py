@@ -216,8 +216,8 @@ class TrainConfig:
 #   4.5 M tokens as main) in 8.3-11.5 min, under 15. On CUDA both use 32 x 1024 tokens/step with bf16 autocast (minutes on a GPU).
 PRESETS: dict[str, TrainConfig] = {
     "tinyworld-main": TrainConfig(model="tinyworld-main", seq_len=1024, batch_size=4, cuda_batch_size=32,
-                                  lr=2e-3, min_lr=1e-4, warmup_steps=100, max_steps=1400, weight_decay=0.1,
-                                  eval_every=200, eval_batches=8, checkpoint_every=200, seed=0),
+                                  lr=1e-3, min_lr=1e-4, warmup_steps=100, max_steps=1100, weight_decay=0.1,
+                                  eval_every=250, eval_batches=8, checkpoint_every=250, seed=0),
     "tinyworld-draft": TrainConfig(model="tinyworld-draft", seq_len=1024, batch_size=4, cuda_batch_size=32,
                                    lr=2e-3, min_lr=2e-4, warmup_steps=100, max_steps=1100, weight_decay=0.1,
                                    eval_every=250, eval_batches=8, checkpoint_every=250, seed=0),

@@ -32,11 +32,10 @@ from .lexicon import check_seed, seeded_rng
 from .program import run
 
 HIDDEN_FACT_ATTRIBUTES = ("age", "job", "food")
-# Knowledge-dense on purpose: a model learns a fact only after seeing it many times, and a CPU hour
-# buys ~5 M tokens. With 30% stories and 10% retrieval (28% of the tokens: long record lists), the
-# first shipped main model saw each fact ~80 times and answered 40% of training-fact questions;
-# facts, QA and cards now carry a larger share, retrieval (the longest documents) a smaller one.
-DEFAULT_MIXTURE = {"story": 0.25, "fact": 0.25, "qa": 0.20, "card": 0.10, "react": 0.08, "arithmetic": 0.07, "retrieval": 0.05}
+# The corpus the shipped models were trained on. A knowledge-denser mixture (facts 25%, QA 20%,
+# retrieval 5%) with the main preset at lr 2e-3 for 1,400 steps was tried and was worse on every
+# measure (0.46 nats/token above the floor, 2% on training-fact questions): see the model card.
+DEFAULT_MIXTURE = {"story": 0.30, "fact": 0.15, "qa": 0.15, "card": 0.10, "react": 0.10, "arithmetic": 0.10, "retrieval": 0.10}
 
 
 @dataclass(frozen=True)
