@@ -121,13 +121,11 @@ def _batches(items: Sequence[Any], size: int):
 
 # -- likelihood ------------------------------------------------------------------------------------
 @torch.no_grad()
-def document_nll(model: CausalLM, tokenizer: Tokenizer, texts: Sequence[str], batch_size: int = 32,
-                 with_argmax: bool = False) -> list[tuple[float, int]] | tuple[list[tuple[float, int]], list[torch.Tensor]]:
+def document_nll(model: CausalLM, tokenizer: Tokenizer, texts: Sequence[str], batch_size: int = 32) -> list[tuple[float, int]]:
     """``(nats, n_tokens)`` of each text read as a whole document: ``[BOS] text [EOS]``.
 
     The model predicts every token of the text and the EOS (the generator's decision to stop
-    is part of a document's probability too). With ``with_argmax`` also returns, per text,
-    the model's top-1 prediction at each of those positions.
+    is part of a document's probability too).
     """
     if not isinstance(model, CausalLM):
         raise ValueError(f"model must be a llmbook CausalLM, got {type(model).__name__}")
@@ -141,7 +139,6 @@ def document_nll(model: CausalLM, tokenizer: Tokenizer, texts: Sequence[str], ba
     # Longest first, so each batch pads little; results go back in the caller's order.
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     results: list[tuple[float, int]] = [(0.0, 0)] * len(ids)
-    argmaxes: list[torch.Tensor] = [torch.empty(0)] * len(ids)
     for chunk in _batches(order, batch_size):
         width = len(ids[chunk[0]])
         batch = torch.full((len(chunk), width), pad, dtype=torch.long)
@@ -151,12 +148,10 @@ def document_nll(model: CausalLM, tokenizer: Tokenizer, texts: Sequence[str], ba
         logits = model(batch.to(model.device)).float()
         nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten().to(model.device), reduction="none")
         nll = nll.view(len(chunk), width - 1).cpu()
-        top1 = logits[:, :-1].argmax(-1).cpu()
         for r, i in enumerate(chunk):
             n = len(ids[i]) - 1
             results[i] = (float(nll[r, :n].sum()), n)
-            argmaxes[i] = top1[r, :n]
-    return (results, argmaxes) if with_argmax else results
+    return results
 
 
 def heldout_documents(splits: Splits, seed: int, per_family: int) -> list[Document]:
@@ -412,11 +407,10 @@ def evaluate_stories(model: CausalLM, tokenizer: Tokenizer, splits: Splits, sett
 def draft_agreement(model: CausalLM, draft: CausalLM, tokenizer: Tokenizer, documents: Sequence[Document],
                     batch_size: int = 32) -> float:
     """Share of next-token positions where the draft's top-1 prediction equals the model's."""
-    texts = [d.text for d in documents]
-    _, top_model = document_nll(model, tokenizer, texts, batch_size, with_argmax=True)
-    _, top_draft = document_nll(draft, tokenizer, texts, batch_size, with_argmax=True)
-    same = sum(int((a == b).sum()) for a, b in zip(top_model, top_draft))
-    return same / sum(len(a) for a in top_model)
+    from llmbook.distill import compare_with_teacher  # here: llmbook.distill imports this module
+
+    scores = compare_with_teacher(model, {"draft": draft}, tokenizer, [d.text for d in documents], batch_size=batch_size)
+    return scores["draft"]["top1_agreement"]
 
 
 def _lookup(report: dict[str, Any], path: str) -> float:
