@@ -7,7 +7,14 @@ import torch
 
 from llmbook.hub import load
 from llmbook.world import default_splits, sample_documents
-from llmbook.world.truth import document_logits, kl_from_truth, mean_kl_by_temperature, truth_positions
+from llmbook.world.truth import (
+    document_logits,
+    kl_from_truth,
+    mean_kl_by_temperature,
+    position_logits,
+    true_support,
+    truth_positions,
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +52,23 @@ def test_logits_line_up_with_positions_and_kl_is_zero_only_at_the_truth(setup):
     assert all(k > 0 for k in curve) and curve[2] > curve[1]
     with pytest.raises(ValueError, match="positions"):
         mean_kl_by_temperature([], logits, [1.0])
+
+
+def test_position_logits_and_true_support(setup):
+    model, tok, _, docs, positions = setup
+    logits = document_logits(model, tok, docs)
+    stacked = position_logits(positions, logits)
+    assert stacked.shape == (len(positions), tok.vocab_size)
+    assert torch.equal(stacked[5], logits[positions[5].doc][positions[5].position])
+    support = true_support(positions, tok.vocab_size)
+    assert support.sum(-1).tolist() == [len(p.truth) for p in positions]
+    for i in (0, len(positions) - 1):
+        assert set(torch.nonzero(support[i]).flatten().tolist()) == set(positions[i].truth)
+    with pytest.raises(ValueError, match="positions"):
+        position_logits([], logits)
+    with pytest.raises(ValueError, match="document_logits"):
+        position_logits(positions, logits[:1])
+    with pytest.raises(ValueError, match="vocab_size"):
+        true_support(positions, 0)
+    with pytest.raises(ValueError, match="vocab_size"):
+        true_support(positions, 3)

@@ -22,7 +22,8 @@ from llmbook.tokenizer import Tokenizer
 from .documents import Document, true_next_token_distribution
 from .entities import KnowledgeBase
 
-__all__ = ["TruthPosition", "truth_positions", "document_logits", "kl_from_truth", "mean_kl_by_temperature"]
+__all__ = ["TruthPosition", "truth_positions", "document_logits", "position_logits", "true_support", "kl_from_truth",
+           "mean_kl_by_temperature"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,39 @@ def document_logits(model: CausalLM, tokenizer: Tokenizer, documents: Sequence[D
         ids = torch.tensor([tokenizer.encode(doc.text, add_bos=True)], device=model.device)
         out.append(model(ids)[0].float().cpu())
     return out
+
+
+def position_logits(positions: Sequence[TruthPosition], logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The model's logits at each of ``positions``, stacked: ``(len(positions), V)``.
+
+    ``logits`` is what :func:`document_logits` returned for the documents the positions came from.
+    """
+    if not positions:
+        raise ValueError("positions must not be empty")
+    rows = []
+    for p in positions:
+        if not 0 <= p.doc < len(logits) or not 0 <= p.position < len(logits[p.doc]):
+            raise ValueError(f"logits has no row for document {p.doc}, position {p.position}: "
+                             "pass the document_logits of the documents the positions came from")
+        rows.append(logits[p.doc][p.position])
+    return torch.stack(rows)
+
+
+def true_support(positions: Sequence[TruthPosition], vocab_size: int) -> torch.Tensor:
+    """Boolean ``(len(positions), vocab_size)``: True where the world gives the token a probability > 0.
+
+    A model's probability outside this mask is the chance of writing a token the world never
+    would there: a false fact, a broken sentence, a malformed record.
+    """
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+        raise ValueError(f"vocab_size must be an int >= 1, got {vocab_size!r}")
+    mask = torch.zeros(len(positions), vocab_size, dtype=torch.bool)
+    for i, p in enumerate(positions):
+        tokens = [t for t, prob in p.truth.items() if prob > 0]
+        if any(not 0 <= t < vocab_size for t in tokens):
+            raise ValueError(f"position {i} has a true token outside [0, {vocab_size - 1}]: vocab_size is too small")
+        mask[i, tokens] = True
+    return mask
 
 
 def kl_from_truth(truth: dict[int, float], logits: torch.Tensor, temperature: float) -> float:
