@@ -49,13 +49,15 @@ def _local_scripts_once(app, pagename, templatename, context, doctree) -> None:
         if key not in seen:
             seen.add(key)
             kept.append(script)
-    # The widget manager is an AMD module; its webpack runtime fetches the icon fonts from
-    # the folder RequireJS maps the module id to, by default the page's own folder. Map the
-    # id to the vendored copy (RequireJS is loaded just before the manager).
+    # The widget manager defines AMD modules named "@jupyter-widgets/base", ".../controls", ...;
+    # each bundle's webpack runtime takes its public path (where it fetches the icon fonts)
+    # from the folder of its module's URL, and RequireJS resolves an id without a path entry
+    # against the page's own folder (book/@jupyter-widgets/: 404). Map the whole scope to the
+    # vendored copy (RequireJS is loaded just before the manager).
     for index, script in enumerate(kept):
         if _name(script).endswith("html-manager/embed-amd.js"):
             folder = context["pathto"]("vendor/html-manager", 1)
-            body = f'require.config({{paths: {{"@jupyter-widgets/html-manager/dist": "{folder}"}}}});'
+            body = f'require.config({{paths: {{"@jupyter-widgets": "{folder}", "@jupyter-widgets/html-manager/dist": "{folder}"}}}});'
             kept.insert(index, _JavaScript("", body=body + MATHJAX2_SHIM))
             break
     scripts[:] = kept

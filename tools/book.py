@@ -49,15 +49,6 @@ def vendor() -> None:
         ASSETS / "html-manager",
         ignore=shutil.ignore_patterns("*.map", "embed.js", "libembed-amd.js"),
     )
-    # Some widget views load the icon fonts before the RequireJS path map applies, from webpack's
-    # public path: "@jupyter-widgets/<hash>.<ext>" next to the page (chapters live in book/). Serve them there too.
-    fonts = ASSETS.parent / "book" / "@jupyter-widgets"
-    if fonts.exists():
-        shutil.rmtree(fonts)
-    fonts.mkdir(parents=True)
-    for font in (modules / "@jupyter-widgets" / "html-manager" / "dist").iterdir():
-        if font.suffix in (".woff2", ".woff", ".ttf", ".eot", ".svg"):
-            shutil.copy(font, fonts / font.name)
     print(f"vendored browser assets into {ASSETS.relative_to(ROOT)}")
 
 
