@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmbook.generate import GenerationResult, generate, generate_ids
+from llmbook.generate import GenerationResult, generate, generate_ids, next_token_logits
 from llmbook.tokenizer import Tokenizer
 from model_helpers import make_pair
 
@@ -167,3 +167,28 @@ def test_generate_on_cuda_matches_cpu_greedy(pair):
     assert gpu_result.tokens == cpu_result.tokens
     sampled = [generate(gpu, tok, PROMPTS, max_new_tokens=20, seed=3).tokens for _ in range(2)]
     assert sampled[0] == sampled[1]  # the seeded CUDA generator reproduces
+
+
+def test_next_token_logits_is_the_last_position_and_what_greedy_picks():
+    from llmbook.hub import load
+
+    model, tokenizer = load("tinyworld-draft", device="cpu")
+    prompt = "Once upon a time, in the town of"
+    logits = next_token_logits(model, tokenizer, prompt)
+    ids = tokenizer.encode(prompt, add_bos=True)
+    with torch.no_grad():
+        expected = model(torch.tensor([ids]))[0, -1].float()
+    assert logits.shape == (tokenizer.vocab_size,) and logits.dtype == torch.float32 and logits.device.type == "cpu"
+    assert torch.equal(logits, expected)
+    greedy = generate(model, tokenizer, prompt, max_new_tokens=1, temperature=0.0, add_bos=True)
+    assert greedy.tokens[0][0] == int(logits.argmax())
+
+
+def test_next_token_logits_bad_prompt():
+    from llmbook.hub import load
+
+    model, tokenizer = load("tinyworld-draft", device="cpu")
+    with pytest.raises(ValueError, match="prompt must be a str"):
+        next_token_logits(model, tokenizer, ["a list"])
+    with pytest.raises(ValueError, match="prompt encodes to no tokens"):
+        next_token_logits(model, tokenizer, "", add_bos=False)

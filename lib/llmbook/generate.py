@@ -22,7 +22,7 @@ from llmbook.model import CausalLM
 from llmbook.sampling import probabilities, sample
 from llmbook.tokenizer import Tokenizer
 
-__all__ = ["GenerationResult", "generate", "generate_ids"]
+__all__ = ["GenerationResult", "generate", "generate_ids", "next_token_logits"]
 
 FINISH_EOS, FINISH_STOP, FINISH_LENGTH = "eos", "stop", "length"
 
@@ -296,3 +296,18 @@ def generate(
     else:
         result.texts = [tokenizer.decode([t for t in row if t not in eos]) for row in result.tokens]
     return result
+
+
+@torch.no_grad()
+def next_token_logits(model: CausalLM, tokenizer: Tokenizer, prompt: str, add_bos: bool = True) -> torch.Tensor:
+    """The model's logits for the token that follows ``prompt``: shape (V,), float32, on the CPU.
+
+    For looking at one next-token distribution (tables, plots, widgets); ``add_bos`` puts BOS
+    in front, as the book's models saw every document in training.
+    """
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be a str, got {type(prompt).__name__}")
+    ids = tokenizer.encode(prompt, add_bos=add_bos)
+    if not ids:
+        raise ValueError("prompt encodes to no tokens: pass a non-empty prompt or add_bos=True")
+    return model(torch.tensor([ids], device=model.device))[0, -1].float().cpu()
