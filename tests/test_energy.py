@@ -10,6 +10,7 @@ from llmbook.energy import (
     corrupt,
     entropy,
     free_energy,
+    heat_capacity,
     log_partition,
     mean_energy,
     overlap,
@@ -432,3 +433,26 @@ def test_cuda_paths():
     assert r.exact_recall[0] > 0.9 and r.mean_overlap[1] < 0.2
     with pytest.raises(ValueError, match="generator is on cpu"):
         net.recall(starts, 0.0, generator=gen(0))
+
+
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 2.5])
+def test_heat_capacity_is_the_derivative_of_the_mean_energy(temperature):
+    energies = torch.randn(4, 50, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    h = 1e-5
+    slope = (mean_energy(energies, temperature + h) - mean_energy(energies, temperature - h)) / (2 * h)
+    c = heat_capacity(energies, temperature)
+    assert torch.allclose(c, slope, rtol=1e-6, atol=1e-9)
+    assert (c >= 0).all()
+    assert torch.allclose(heat_capacity(energies + 11.0, temperature), c)  # no zero point of energy
+
+
+def test_heat_capacity_limits_and_infinite_energies():
+    energies = torch.tensor([[0.0, 1.0, math.inf], [2.0, 2.0, 2.0]], dtype=torch.float64)
+    assert torch.equal(heat_capacity(energies, 0.0), torch.zeros(2, dtype=torch.float64))
+    c = heat_capacity(energies, 1.0)
+    assert torch.isfinite(c).all() and c[1] == 0.0  # equal energies: nothing to reorganise
+    # two levels 0 and 1 at T = 1: Var = p(1 - p) with p = e^-1 / (1 + e^-1)
+    p = math.exp(-1) / (1 + math.exp(-1))
+    assert c[0].item() == pytest.approx(p * (1 - p))
+    with pytest.raises(ValueError, match="temperature"):
+        heat_capacity(energies, -1.0)

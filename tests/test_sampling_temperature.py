@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from llmbook.sampling import entropy, temperature_softmax
+from llmbook.sampling import entropy, temperature_softmax, total_variation
 
 
 def test_temperature_one_is_plain_softmax():
@@ -40,3 +40,21 @@ def test_bad_temperature_names_argument(bad):
 def test_nan_logits_raise():
     with pytest.raises(ValueError, match="NaN"):
         temperature_softmax(torch.tensor([0.0, float("nan")]), 1.0)
+
+
+def test_total_variation():
+    p = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
+    q = torch.tensor([[0.5, 0.25, 0.25], [0.0, 0.0, 1.0]])
+    assert torch.allclose(total_variation(p, q), torch.tensor([0.25, 1.0]))
+    assert torch.equal(total_variation(p, q), total_variation(q, p))
+    assert torch.equal(total_variation(p, p), torch.zeros(2))
+
+
+@pytest.mark.parametrize("p, q, match", [
+    (torch.ones(3) / 3, torch.ones(4) / 4, "same shape"),
+    (torch.tensor([1.5, -0.5]), torch.tensor([0.5, 0.5]), "p must be non-negative"),
+    (torch.tensor([0.5, 0.5]), torch.tensor([1, 0]), "q must be a floating-point"),
+])
+def test_total_variation_bad_input(p, q, match):
+    with pytest.raises(ValueError, match=match):
+        total_variation(p, q)

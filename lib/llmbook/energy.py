@@ -140,6 +140,24 @@ def mean_energy(energies: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
     return torch.where(p > 0, p * energies, torch.zeros_like(p)).sum(dim=-1)
 
 
+def heat_capacity(energies: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """C = d<E>/dT = Var(E) / T^2 under the Boltzmann distribution, over the last dimension.
+
+    Large where a small change of T moves much probability between states of different
+    energy: a peak of C marks the temperature at which the distribution reorganises
+    ("melts"). At T = 0 the limit, 0. Does not depend on a shift of all energies.
+    """
+    temperature = _check_temperature(temperature)
+    energies = _check_energies(energies)
+    if temperature == 0.0:
+        return torch.zeros(energies.shape[:-1], dtype=energies.dtype, device=energies.device)
+    p = boltzmann(energies, temperature)
+    deviation = energies - mean_energy(energies, temperature).unsqueeze(-1)
+    # As in mean_energy: a +inf energy has p = 0 and contributes nothing (not 0 * inf = NaN).
+    variance = torch.where(p > 0, p * deviation**2, torch.zeros_like(p)).sum(dim=-1)
+    return variance / temperature**2
+
+
 def entropy(energies: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """S = -sum_i p_i log p_i (nats) of the Boltzmann distribution, over the last dimension.
 

@@ -65,6 +65,19 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(torch.special.xlogy(probs, probs)).sum(dim=-1) + 0.0
 
 
+def total_variation(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Total-variation distance 1/2 sum |p - q| over the last dimension: the largest difference
+    in probability the two distributions give any set of outcomes (0 = equal, 1 = disjoint)."""
+    for name, probs in (("p", p), ("q", q)):
+        if not isinstance(probs, torch.Tensor) or not probs.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point torch.Tensor")
+        if (probs < 0).any() or torch.isnan(probs).any():
+            raise ValueError(f"{name} must be non-negative and contain no NaN")
+    if p.shape != q.shape:
+        raise ValueError(f"p and q must have the same shape, got {tuple(p.shape)} and {tuple(q.shape)}")
+    return 0.5 * (p - q).abs().sum(dim=-1)
+
+
 # --------------------------------------------------------------------------------------
 # Argument checks shared by the processors and the sampling functions.
 # --------------------------------------------------------------------------------------
