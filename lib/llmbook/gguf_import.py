@@ -333,7 +333,13 @@ def convert(gguf_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
         (tmp / "conversion.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         if out_dir.exists():
             shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        try:
+            tmp.rename(out_dir)
+        except OSError:
+            if not (out_dir / "conversion.json").is_file():
+                raise
+            # Another process finished the same conversion first: keep its copy.
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

