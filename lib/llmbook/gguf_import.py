@@ -11,7 +11,7 @@ project), dequantizes every tensor to float32 and writes what ``llmbook.hub.load
   pair so that its RoPE kernel can rotate adjacent elements; transformers rotates halves);
 - ``tokenizer.json`` built from the file's vocabulary, merges and pre-tokenizer name, and
   ``tokenizer_config.json`` with the special tokens and the chat template;
-- ``generation_config.json`` with the BOS/EOS ids.
+- ``generation_config.json`` with the BOS id, every end-of-generation id and sampling defaults.
 
 Anything in the file this converter does not understand (another architecture, a tokenizer
 other than byte-level BPE, an unknown pre-tokenizer, RoPE scaling, an unmapped tensor) raises
@@ -46,6 +46,7 @@ __all__ = [
     "read_metadata",
     "config_from_metadata",
     "tokenizer_from_metadata",
+    "generation_config_from_metadata",
     "convert",
 ]
 
@@ -189,6 +190,32 @@ def config_from_metadata(metadata: dict[str, Any], tensor_names: set[str]) -> di
     return config
 
 
+def generation_config_from_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A ``generation_config.json`` dict: BOS/PAD ids, every end-of-generation id, sampling defaults.
+
+    llama.cpp stops at any end-of-generation token: EOS, and where the file names them the
+    end-of-turn (EOT) and end-of-message (EOM) tokens; a Hugging Face checkpoint says the same
+    with a list in ``eos_token_id``. ``general.sampling.*`` keys become the sampling defaults
+    transformers reads from the same file.
+    """
+    out: dict[str, Any] = {}
+    if metadata.get("tokenizer.ggml.bos_token_id") is not None:
+        out["bos_token_id"] = int(metadata["tokenizer.ggml.bos_token_id"])
+    ends = [int(metadata[f"tokenizer.ggml.{k}"]) for k in ("eos_token_id", "eot_token_id", "eom_token_id")
+            if metadata.get(f"tokenizer.ggml.{k}") is not None]
+    ends = list(dict.fromkeys(ends))
+    if ends:
+        out["eos_token_id"] = ends[0] if len(ends) == 1 else ends
+    if metadata.get("tokenizer.ggml.padding_token_id") is not None:
+        out["pad_token_id"] = int(metadata["tokenizer.ggml.padding_token_id"])
+    for gguf_key, hf_key in (("temp", "temperature"), ("top_k", "top_k"), ("top_p", "top_p"), ("min_p", "min_p")):
+        value = metadata.get(f"general.sampling.{gguf_key}")
+        if value is not None:
+            out[hf_key] = _shortest_float32(value) if hf_key != "top_k" else int(value)
+            out["do_sample"] = True
+    return out
+
+
 def tokenizer_from_metadata(metadata: dict[str, Any]):
     """``(tokenizers.Tokenizer, tokenizer_config)`` from the GGUF vocabulary, merges and pre-tokenizer.
 
@@ -202,6 +229,9 @@ def tokenizer_from_metadata(metadata: dict[str, Any]):
         raise GGUFConversionError(
             f"tokenizer.ggml.model {kind!r} is not supported; this converter builds byte-level BPE ('gpt2') tokenizers"
         )
+    for flag in ("add_eos_token", "add_space_prefix"):
+        if metadata.get(f"tokenizer.ggml.{flag}"):
+            raise GGUFConversionError(f"tokenizer.ggml.{flag}=true is not supported by this converter")
     pre = metadata.get("tokenizer.ggml.pre", "default")
     if pre not in _PRE_TOKENIZER_SPLITS:
         raise GGUFConversionError(
@@ -318,7 +348,7 @@ def convert(gguf_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         Tokenizer(backend, tokenizer_config=tok_config).save(tmp)
-        generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
+        generation = generation_config_from_metadata(metadata)
         (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
         record = {
             "converter_version": CONVERTER_VERSION,
