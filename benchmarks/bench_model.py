@@ -60,8 +60,14 @@ def bench_one(name: str, spec: dict, prompt_len: int, new_tokens: int, repeats: 
     with tempfile.TemporaryDirectory() as directory:
         hf.save_pretrained(directory)
         ours = load_model(directory, device="cpu", dtype="float32")
-    n_params = ours.num_parameters()
     prompt = torch.randint(3, spec["vocab_size"], (1, prompt_len), generator=torch.Generator().manual_seed(0))
+    return bench_pair(ours, hf, prompt, new_tokens, repeats)
+
+
+def bench_pair(ours, hf, prompt: torch.Tensor, new_tokens: int, repeats: int) -> dict:
+    """Prefill and decode of the same weights in llmbook (``ours``) and transformers (``hf``) on ``prompt`` (1, P)."""
+    n_params = ours.num_parameters()
+    prompt_len = prompt.shape[1]
     prompt_list = prompt[0].tolist()
 
     def ours_prefill():
