@@ -138,27 +138,44 @@ def main() -> None:
         results[name] = r
         print(f"{name} ({r['parameters'] / 1e6:.1f}M params, prompt {prompt_len}, {new_tokens} new tokens, "
               f"median of {repeats}; greedy tokens identical: {r['greedy_tokens_identical']})")
-        for kind in ("prefill", "decode"):
-            v = r[f"{kind}_tokens_per_s"]
-            target = 0.9 if kind == "prefill" else 1.0
-            ratio = r[f"{kind}_ratio"]
-            print(f"  {kind:8s} llmbook {v['llmbook']:9.1f} tok/s | transformers {v['transformers']:9.1f} tok/s | "
-                  f"ratio {ratio:.2f}x (target >= {target}x: {'met' if ratio >= target else 'MISSED'}; "
-                  f"best-of-{repeats} ratio {r[f'best_of_repeats_{kind}_ratio']:.2f}x)")
+        print_ratios(r)
     out = {
         "benchmark": "model prefill/decode, llmbook vs transformers, float32",
-        "targets": {"decode_ratio": 1.0, "prefill_ratio": 0.9},
-        "machine": {
-            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "torch_threads": torch.get_num_threads(), "device": "cpu",
-        },
+        "targets": TARGETS,
+        "machine": machine(),
         "quick": args.quick,
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, out)
+
+
+TARGETS = {"decode_ratio": 1.0, "prefill_ratio": 0.9}
+
+
+def print_ratios(r: dict) -> None:
+    """One line each for prefill and decode: tokens/s of both libraries, the ratio against its target."""
+    for kind in ("prefill", "decode"):
+        v, ratio, target = r[f"{kind}_tokens_per_s"], r[f"{kind}_ratio"], TARGETS[f"{kind}_ratio"]
+        print(f"  {kind:8s} llmbook {v['llmbook']:9.1f} tok/s | transformers {v['transformers']:9.1f} tok/s | "
+              f"ratio {ratio:.2f}x (target >= {target}x: {'met' if ratio >= target else 'MISSED'}; "
+              f"best-of-{r['repeats']} ratio {r[f'best_of_repeats_{kind}_ratio']:.2f}x)")
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    import transformers
+
+    return {
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "torch_threads": torch.get_num_threads(), "device": "cpu",
+    }
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,7 @@ Usage: python benchmarks/bench_real_model.py [--quick] [--threads N] [--out benc
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_model import bench_pair  # noqa: E402
+from bench_model import TARGETS, bench_pair, machine, print_ratios, write_json  # noqa: E402
 from llmbook import hub  # noqa: E402
 
 PROMPT = (
@@ -99,26 +97,15 @@ def main() -> None:
     r = bench_pair(ours, hf, prompt, new_tokens, repeats)
     print(f"SmolLM2-135M-Instruct ({r['parameters'] / 1e6:.1f}M params, prompt {r['prompt_tokens']}, "
           f"{new_tokens} new tokens, median of {repeats}; greedy tokens identical: {r['greedy_tokens_identical']})")
-    for kind, target in (("prefill", 0.9), ("decode", 1.0)):
-        v, ratio = r[f"{kind}_tokens_per_s"], r[f"{kind}_ratio"]
-        print(f"  {kind:8s} llmbook {v['llmbook']:8.1f} tok/s | transformers {v['transformers']:8.1f} tok/s | "
-              f"ratio {ratio:.2f}x (target >= {target}x: {'met' if ratio >= target else 'MISSED'}; "
-              f"best-of-{repeats} ratio {r[f'best_of_repeats_{kind}_ratio']:.2f}x)")
-    out = {
+    print_ratios(r)
+    write_json(args.out, {
         "benchmark": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized): load, prefill, decode; llmbook vs transformers",
-        "targets": {"decode_ratio": 1.0, "prefill_ratio": 0.9},
-        "machine": {
-            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "torch_threads": torch.get_num_threads(), "device": "cpu",
-        },
+        "targets": TARGETS,
+        "machine": machine(),
         "quick": args.quick,
         "load": loads,
         "results": {"smollm2-135m-instruct": r},
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    })
 
 
 if __name__ == "__main__":
