@@ -131,3 +131,37 @@ def test_transformers_reads_the_saved_tokenizer_the_same_way(tok, tmp_path):
     for text in TEXTS:
         assert hf.encode(text, add_special_tokens=False) == tok.encode(text)
     assert hf.eos_token_id == 2 and hf.bos_token_id == 1 and hf.pad_token_id == 0
+
+
+def _with_hole(raw, token_id: int):
+    """The tokenizer with its last vocabulary token moved to ``token_id`` (ids in between name nothing)."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    spec = json.loads(raw.to_str())
+    vocab = spec["model"]["vocab"]
+    last = max(vocab, key=vocab.get)
+    vocab[last] = token_id
+    return HFTokenizer.from_str(json.dumps(spec)), last
+
+
+def test_vocabulary_with_holes_sizes_by_the_largest_id():
+    # `tokenizers` counts tokens; an embedding needs largest id + 1 rows, and the ids in the hole name nothing.
+    raw, last = _with_hole(make_tokenizer(), 330)
+    tok = Tokenizer(raw)
+    assert raw.get_vocab_size(with_added_tokens=True) == 320
+    assert tok.vocab_size == len(tok) == 331
+    assert tok.unassigned_ids == frozenset(range(319, 330))
+    assert tok.decode([330]) == raw.decode([330]) == last.replace("Ġ", " ")
+    assert tok.id_to_token(330) == last
+    with pytest.raises(ValueError, match="id 325 names no token"):
+        tok.decode([5, 325])
+    with pytest.raises(ValueError, match="i=325 is not assigned to any token"):
+        tok.id_to_token(325)
+    assert Tokenizer(make_tokenizer()).unassigned_ids == frozenset()
+
+
+def test_decode_refuses_ids_past_the_vocabulary_that_tokenizers_drops(tok):
+    # `tokenizers` (and so transformers) decodes an unknown id to '' without a word; llmbook names it.
+    assert tok.backend.decode([5, 350, 6]) == tok.decode([5, 6])
+    with pytest.raises(ValueError, match=r"ids must be token ids in \[0, 319\], got 350"):
+        tok.decode([5, 350, 6])

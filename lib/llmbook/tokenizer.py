@@ -60,6 +60,14 @@ def _decoder_kind(spec: dict[str, Any] | None) -> str:
     return "other"
 
 
+def _has_byte_fallback(spec: dict[str, Any] | None) -> bool:
+    """Whether the decoder turns ``<0xNN>`` tokens into bytes (SentencePiece byte fallback)."""
+    if not spec:
+        return False
+    parts = spec.get("decoders", [spec]) if spec.get("type") == "Sequence" else [spec]
+    return any(p.get("type") == "ByteFallback" for p in parts)
+
+
 def _token_content(value: Any) -> str | None:
     if isinstance(value, dict):
         return value.get("content")
@@ -99,6 +107,9 @@ class Tokenizer:
         self.tokenizer_config = dict(tokenizer_config or {})
         spec = json.loads(tokenizer.to_str())
         self._decoder_kind = _decoder_kind(spec.get("decoder"))
+        self._has_byte_fallback = _has_byte_fallback(spec.get("decoder"))
+        self._byte_fallback_ids: frozenset[int] | None = None
+        self._ids_cache: tuple[int, int, frozenset[int]] | None = None
         self._added: dict[int, tokenizers.AddedToken] = dict(tokenizer.get_added_tokens_decoder())
         self.special_ids: frozenset[int] = frozenset(i for i, t in self._added.items() if t.special)
 
@@ -165,10 +176,44 @@ class Tokenizer:
         return self._tok
 
     # ------------------------------------------------------------------ ids and tokens
+    def _ids(self) -> tuple[int, frozenset[int]]:
+        """(largest id + 1, ids below it that name no token), recomputed when tokens are added."""
+        count = self._tok.get_vocab_size(with_added_tokens=True)
+        if self._ids_cache is None or self._ids_cache[0] != count:
+            assigned = set(self._tok.get_vocab(with_added_tokens=True).values())
+            size = max(assigned, default=-1) + 1
+            self._ids_cache = (count, size, frozenset(set(range(size)) - assigned))
+        return self._ids_cache[1], self._ids_cache[2]
+
     @property
     def vocab_size(self) -> int:
-        """Number of token ids, added/special tokens included."""
-        return self._tok.get_vocab_size(with_added_tokens=True)
+        """Largest token id + 1 (added/special tokens included): the embedding rows this tokenizer needs.
+
+        Usually the number of tokens; a vocabulary with holes (ids that name no token, see
+        :attr:`unassigned_ids`) has fewer tokens than this.
+        """
+        return self._ids()[0]
+
+    @property
+    def unassigned_ids(self) -> frozenset[int]:
+        """Ids below :attr:`vocab_size` that name no token (a vocabulary with holes; usually empty)."""
+        return self._ids()[1]
+
+    @property
+    def byte_fallback_ids(self) -> frozenset[int]:
+        """Ids of the ``<0xNN>`` byte tokens when the decoder has SentencePiece byte fallback (else empty).
+
+        A run of such tokens is decoded together: valid UTF-8 gives its characters, invalid UTF-8
+        gives one U+FFFD per byte, so the text of a run can change until the run ends.
+        """
+        if self._byte_fallback_ids is None:
+            ids: set[int] = set()
+            if self._has_byte_fallback:
+                for token, i in self._tok.get_vocab(with_added_tokens=False).items():
+                    if len(token) == 6 and token.startswith("<0x") and token.endswith(">") and i not in self._added:
+                        ids.add(i)
+            self._byte_fallback_ids = frozenset(ids)
+        return self._byte_fallback_ids
 
     def _check_id(self, name: str, i: Any) -> int:
         if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.vocab_size:
@@ -235,11 +280,25 @@ class Tokenizer:
         return [self.bos_token_id, *ids]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
-        """Text of token ids (invalid UTF-8 from a partial character shows as U+FFFD)."""
+        """Text of token ids (invalid UTF-8 from a partial character shows as U+FFFD).
+
+        Every id must name a token: ids outside ``[0, vocab_size)`` (e.g. the rows a model's
+        embedding has past the tokenizer, as Qwen2's 151,936 rows for 151,646 tokens) and
+        :attr:`unassigned_ids` raise ``ValueError``. (``tokenizers`` and transformers silently
+        decode them to ''; :func:`llmbook.generate.generate` never samples them.)
+        The text is exact: no clean-up of spaces (transformers' ``clean_up_tokenization_spaces``),
+        so ``decode(encode(text)) == text`` for a tokenizer that can represent ``text``.
+        """
         ids = [int(i) for i in ids]
+        size = self.vocab_size
         for i in ids:
-            if not 0 <= i < self.vocab_size:
-                raise ValueError(f"ids must be token ids in [0, {self.vocab_size - 1}], got {i}")
+            if not 0 <= i < size:
+                raise ValueError(f"ids must be token ids in [0, {size - 1}], got {i}")
+        holes = self.unassigned_ids
+        if holes:
+            for i in ids:
+                if i in holes:
+                    raise ValueError(f"ids must be token ids this tokenizer assigns; id {i} names no token")
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def __len__(self) -> int:
