@@ -129,6 +129,24 @@ def test_add_bos_and_zero_tokens(pair):
     assert empty.tokens == [[], []] and empty.texts == ["", ""]
 
 
+def test_suppressed_ids_are_never_sampled(pair):
+    model, tok = pair
+    ids = tok.encode(PROMPTS[0])
+    free = generate_ids(model, [ids], max_new_tokens=20, temperature=0).tokens[0]
+    banned = sorted(set(free))
+    result = generate_ids(model, [ids], max_new_tokens=20, temperature=5.0, seed=0, record_distributions=20,
+                          suppress_token_ids=banned)
+    assert not set(result.tokens[0]) & set(banned)
+    assert (result.distributions[0][:, banned] == 0).all()  # the distribution sampled from excludes them
+    greedy = generate_ids(model, [ids], max_new_tokens=5, temperature=0, suppress_token_ids=[free[0]])
+    assert greedy.tokens[0][0] != free[0]
+    vocab = model.config.vocab_size
+    with pytest.raises(ValueError, match=rf"suppress_token_ids must be token ids in \[0, {vocab - 1}\], got {vocab}"):
+        generate_ids(model, [ids], suppress_token_ids=[vocab])
+    with pytest.raises(ValueError, match="must leave at least one"):
+        generate_ids(model, [ids], suppress_token_ids=list(range(vocab)))
+
+
 def test_bad_arguments(pair):
     model, tok = pair
     context = model.config.max_position_embeddings

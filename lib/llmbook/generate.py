@@ -58,6 +58,25 @@ def _check_int(name: str, value: object, low: int) -> int:
     return value
 
 
+def _suppress_mask(ids: Sequence[int] | None, vocab: int, device: torch.device) -> torch.Tensor | None:
+    """(V,) bool mask of ``suppress_token_ids`` (None when there are none)."""
+    if ids is None:
+        return None
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, set, frozenset)):
+        raise ValueError(f"suppress_token_ids must be a list of token ids or None, got {type(ids).__name__}")
+    ids = list(ids)
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab:
+            raise ValueError(f"suppress_token_ids must be token ids in [0, {vocab - 1}], got {i!r}")
+    if len(set(ids)) >= vocab:
+        raise ValueError(f"suppress_token_ids must leave at least one of the {vocab} ids to sample")
+    if not ids:
+        return None
+    mask = torch.zeros(vocab, dtype=torch.bool)
+    mask[ids] = True
+    return mask.to(device)
+
+
 # A step hook sees (step, chosen ids of all rows as a list, rows still running) and returns the
 # rows that must stop now (e.g. a stop string appeared). Used by `generate` for text-level logic.
 StepHook = Callable[[int, list[int], list[bool]], Sequence[int]]
@@ -78,11 +97,15 @@ def generate_ids(
     eos_token_ids: Sequence[int] | int | None = None,
     record_distributions: int = 0,
     on_step: StepHook | None = None,
+    suppress_token_ids: Sequence[int] | None = None,
 ) -> GenerationResult:
     """Generate from token-id prompts (a list of lists); the loop behind :func:`generate`.
 
     ``seed`` seeds a fresh generator on the model's device (ignored when ``generator`` is given).
     Rows stop at any of ``eos_token_ids`` or after ``max_new_tokens``.
+    ``suppress_token_ids``: ids never to sample (their logits are set to -inf before the sampler
+    sees them, as transformers' ``suppress_tokens``); :func:`generate` passes the ids its
+    tokenizer cannot decode.
     """
     if not isinstance(model, CausalLM):
         raise ValueError(f"model must be a llmbook CausalLM, got {type(model).__name__}")
@@ -118,6 +141,7 @@ def generate_ids(
             generator = torch.Generator(device=model.device).manual_seed(seed)
     elif not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    suppressed = _suppress_mask(suppress_token_ids, vocab, model.device)
     settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     # Validate the sampler settings now, not after an expensive prefill.
     probabilities(torch.zeros(1, 2), **settings)
@@ -150,6 +174,8 @@ def generate_ids(
 
     for step in range(max_new_tokens):
         scores = logits.float()  # sample in float32 whatever the model's dtype
+        if suppressed is not None:
+            scores = scores.masked_fill(suppressed, float("-inf"))
         token = sample(scores, generator=generator, **settings)  # (B,)
         probs = probabilities(scores, **settings)  # (B, V): the distribution `token` was drawn from
         chosen[:, step] = token
