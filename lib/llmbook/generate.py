@@ -258,6 +258,12 @@ class _TextTracker:
             self._emit(row, len(self.texts[row]))
 
 
+def _undecodable_ids(tokenizer: Tokenizer, vocab: int) -> list[int]:
+    """Ids of a ``vocab``-row model that ``tokenizer`` cannot decode: its holes and every id past it."""
+    size = tokenizer.vocab_size
+    return sorted(i for i in tokenizer.unassigned_ids if i < vocab) + list(range(size, vocab))
+
+
 def generate(
     model: CausalLM,
     tokenizer: Tokenizer,
@@ -283,6 +289,13 @@ def generate(
     BOS in front of each prompt. ``stream(row, piece)`` is called with each new piece of text as
     soon as it is final (incomplete characters and possible stop-string prefixes are held back).
     Same ``seed`` (or generator state), same output.
+
+    **Ids the tokenizer cannot write.** A model may have more embedding rows than the tokenizer
+    has tokens (Qwen2: 151,936 rows, 151,646 tokens; many fine-tunes pad to a multiple of 64).
+    Those ids, and ids in a hole of the vocabulary, have no text, so they are never sampled: their
+    logits are -inf before the sampler (``token_probs`` and ``distributions`` are over the tokens
+    that remain). EOS ids are kept even there: they end a row and are never decoded.
+    (transformers samples them and decodes them to ''.)
     """
     if not isinstance(tokenizer, Tokenizer):
         raise ValueError(f"tokenizer must be a llmbook Tokenizer, got {type(tokenizer).__name__}")
@@ -310,11 +323,12 @@ def generate(
             eos.add(tokenizer.eos_token_id)
         config_eos = model.config.eos_token_id
         eos.update(config_eos if isinstance(config_eos, list) else [] if config_eos is None else [config_eos])
+    suppress = [i for i in _undecodable_ids(tokenizer, model.config.vocab_size) if i not in eos]
     tracker = _TextTracker(tokenizer, len(texts), stop, eos, stream) if (stop or stream) else None
     result = generate_ids(
         model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         min_p=min_p, seed=seed, generator=generator, eos_token_ids=sorted(eos) or None,
-        record_distributions=record_distributions, on_step=tracker,
+        record_distributions=record_distributions, on_step=tracker, suppress_token_ids=suppress or None,
     )
     if tracker is not None:
         tracker.finish()
@@ -329,11 +343,18 @@ def next_token_logits(model: CausalLM, tokenizer: Tokenizer, prompt: str, add_bo
     """The model's logits for the token that follows ``prompt``: shape (V,), float32, on the CPU.
 
     For looking at one next-token distribution (tables, plots, widgets); ``add_bos`` puts BOS
-    in front, as the book's models saw every document in training.
+    in front, as the book's models saw every document in training. V is the model's vocabulary;
+    ids the tokenizer cannot decode (embedding rows past ``len(tokenizer)``, holes in its
+    vocabulary) are -inf, as :func:`generate` never samples them, so a softmax, argmax or top-k
+    of these logits only ever names tokens that have a text.
     """
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be a str, got {type(prompt).__name__}")
     ids = tokenizer.encode(prompt, add_bos=add_bos)
     if not ids:
         raise ValueError("prompt encodes to no tokens: pass a non-empty prompt or add_bos=True")
-    return model(torch.tensor([ids], device=model.device))[0, -1].float().cpu()
+    logits = model(torch.tensor([ids], device=model.device))[0, -1].float().cpu()
+    undecodable = _undecodable_ids(tokenizer, logits.shape[-1])
+    if undecodable:
+        logits[undecodable] = float("-inf")
+    return logits
