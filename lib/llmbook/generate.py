@@ -13,6 +13,7 @@ whole processed distribution of the first steps, for plotting.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -211,20 +212,59 @@ def generate_ids(
     return result
 
 
-class _TextTracker:
-    """Per-row decoded text, stop-string detection and streaming of safe-to-show pieces."""
+def _continuation(tokenizer: Tokenizer, prompt: list[int], prompt_text: str, generated: list[int]) -> str:
+    """The text ``generated`` adds after ``prompt``: ``decode(prompt + generated)`` after ``decode(prompt)``.
 
-    def __init__(self, tokenizer: Tokenizer, batch: int, stop: list[str], eos: set[int],
+    Decoding the generated ids alone would lose what only the context decides: a SentencePiece
+    decoder drops the leading space of the first token ('▁cat' alone is 'cat', after 'The' it is
+    ' cat'). If the generated ids rewrite the end of the prompt's text (a SentencePiece prompt that
+    ends in byte tokens, continued by byte tokens into invalid UTF-8), the text starts where the
+    two decodings part.
+    """
+    full = tokenizer.decode(prompt + generated)
+    if full.startswith(prompt_text):
+        return full[len(prompt_text):]
+    return full[len(os.path.commonprefix([prompt_text, full])):]
+
+
+class _TextTracker:
+    """Per-row text (decoded in the context of the prompt), stop strings, and streaming of final pieces."""
+
+    def __init__(self, tokenizer: Tokenizer, prompts: list[list[int]], stop: list[str], eos: set[int],
                  stream: Callable[[int, str], None] | None) -> None:
         self.tokenizer, self.stop, self.eos, self.stream = tokenizer, stop, eos, stream
-        self.ids: list[list[int]] = [[] for _ in range(batch)]
-        self.texts = [""] * batch
-        self.emitted = [0] * batch  # characters already passed to `stream`
+        self.prompts = prompts
+        self.prompt_texts = [tokenizer.decode(p) for p in prompts]
+        self.byte_ids = tokenizer.byte_fallback_ids
+        self.ids: list[list[int]] = [[] for _ in prompts]
+        self.texts = [""] * len(prompts)
+        self.emitted = [0] * len(prompts)  # characters already passed to `stream`
 
     def _emit(self, row: int, upto: int) -> None:
         if self.stream is not None and upto > self.emitted[row]:
             self.stream(row, self.texts[row][self.emitted[row]:upto])
             self.emitted[row] = upto
+
+    def _text(self, row: int, generated: list[int]) -> str:
+        return _continuation(self.tokenizer, self.prompts[row], self.prompt_texts[row], generated)
+
+    def _final_length(self, row: int, text: str) -> int:
+        """How much of ``text`` no later token can change."""
+        end = len(text)
+        if self.byte_ids:
+            # A run of byte-fallback tokens decodes as a whole (one invalid byte turns every byte of
+            # the run into U+FFFD), so the text of a trailing run is final only once the run ends.
+            both = self.prompts[row] + self.ids[row]
+            j = len(both)
+            while j > 0 and both[j - 1] in self.byte_ids:
+                j -= 1
+            if j < len(both):
+                g = j - len(self.prompts[row])
+                before = self._text(row, self.ids[row][:g]) if g > 0 else ""
+                end = len(os.path.commonprefix([before, text]))
+        while end > 0 and text[end - 1] == "\ufffd":  # an incomplete UTF-8 character (byte-level BPE)
+            end -= 1
+        return end
 
     def __call__(self, step: int, tokens: list[int], running: list[bool]) -> list[int]:
         stopped = []
@@ -234,7 +274,7 @@ class _TextTracker:
             if not alive or len(self.ids[row]) != step:
                 continue
             self.ids[row].append(token)
-            text = self.tokenizer.decode(self.ids[row])
+            text = self._text(row, self.ids[row])
             self.texts[row] = text
             cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
             if cut >= 0:
@@ -242,11 +282,11 @@ class _TextTracker:
                 self._emit(row, cut)
                 stopped.append(row)
                 continue
-            # Hold back an incomplete UTF-8 character and any tail that may grow into a stop string.
-            end = len(text) - 1 if text.endswith("\ufffd") else len(text)
+            # Hold back what may still change and any tail that may grow into a stop string.
+            end = self._final_length(row, text)
             hold = 0
             for s in self.stop:
-                for k in range(min(len(s) - 1, end), 0, -1):  # longest tail of the text that starts s
+                for k in range(min(len(s) - 1, end), 0, -1):  # longest tail of the final text that starts s
                     if text[end - k:end] == s[:k]:
                         hold = max(hold, k)
                         break
@@ -290,6 +330,19 @@ def generate(
     soon as it is final (incomplete characters and possible stop-string prefixes are held back).
     Same ``seed`` (or generator state), same output.
 
+    **Text.** With ``P = result.prompt_ids[i]`` (BOS included when added) and ``G`` the generated
+    ids without a final EOS, ``result.texts[i]`` is what ``G`` adds to the text:
+    ``decode(P) + texts[i] == decode(P + G)``, where ``decode`` is ``tokenizer.decode`` with
+    special tokens kept as the tokenizer writes them (a generated special token that is not an
+    EOS shows, e.g. ``'<|eot|>'``). Without BOS, for a tokenizer that round-trips the prompt,
+    ``decode(P)`` is the prompt, so ``prompt + texts[i] == decode(P + G)``: the text keeps the
+    leading space that a SentencePiece decoder drops from a first token ('▁cat' after 'The' is
+    ' cat'). (The one exception: a SentencePiece prompt ending in byte-fallback tokens, continued
+    by byte tokens that make that run invalid UTF-8, changes the prompt's own last characters;
+    the text then starts where ``decode(P)`` and ``decode(P + G)`` part.) A stop string is
+    searched in this text after every token and the text is cut before its first occurrence, so
+    ``stop=[" cat"]`` works; the pieces passed to ``stream`` always concatenate to ``texts[i]``.
+
     **Ids the tokenizer cannot write.** A model may have more embedding rows than the tokenizer
     has tokens (Qwen2: 151,936 rows, 151,646 tokens; many fine-tunes pad to a multiple of 64).
     Those ids, and ids in a hole of the vocabulary, have no text, so they are never sampled: their
@@ -324,7 +377,7 @@ def generate(
         config_eos = model.config.eos_token_id
         eos.update(config_eos if isinstance(config_eos, list) else [] if config_eos is None else [config_eos])
     suppress = [i for i in _undecodable_ids(tokenizer, model.config.vocab_size) if i not in eos]
-    tracker = _TextTracker(tokenizer, len(texts), stop, eos, stream) if (stop or stream) else None
+    tracker = _TextTracker(tokenizer, prompt_ids, stop, eos, stream) if (stop or stream) else None
     result = generate_ids(
         model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         min_p=min_p, seed=seed, generator=generator, eos_token_ids=sorted(eos) or None,
@@ -334,7 +387,10 @@ def generate(
         tracker.finish()
         result.texts = tracker.texts
     else:
-        result.texts = [tokenizer.decode([t for t in row if t not in eos]) for row in result.tokens]
+        result.texts = [
+            _continuation(tokenizer, p, tokenizer.decode(p), row[:-1] if reason == FINISH_EOS else row)
+            for p, row, reason in zip(prompt_ids, result.tokens, result.finish_reasons)
+        ]
     return result
 
 
