@@ -68,6 +68,42 @@ def _has_byte_fallback(spec: dict[str, Any] | None) -> bool:
     return any(p.get("type") == "ByteFallback" for p in parts)
 
 
+def _add_declared_tokens(tok: tokenizers.Tokenizer, config: dict[str, Any], source: Path) -> None:
+    """Add the tokens ``tokenizer_config.json``'s ``added_tokens_decoder`` declares and tokenizer.json lacks.
+
+    transformers adds such a token after the last id, whatever id the file declares; llmbook adds
+    it only where it lands on its declared id (the embedding row trained for it) and refuses a
+    token that tokenizer.json holds under another id, or an id that names another token.
+    """
+    declared = config.get("added_tokens_decoder")
+    if not declared:
+        return
+    if not isinstance(declared, dict):
+        raise ValueError(f"{source}: added_tokens_decoder must map ids to tokens, got {type(declared).__name__}")
+    for key, entry in sorted(declared.items(), key=lambda kv: int(kv[0]) if str(kv[0]).isdigit() else -1):
+        content = _token_content(entry)
+        if not str(key).isdigit() or content is None:
+            raise ValueError(f"{source}: added_tokens_decoder entry {key!r}: {entry!r} needs an integer id and a 'content'")
+        i = int(key)
+        found = tok.token_to_id(content)
+        if found == i:
+            continue
+        if found is not None:
+            raise ValueError(f"{source}: added_tokens_decoder gives {content!r} id {i}, but tokenizer.json has it as id {found}")
+        if tok.id_to_token(i) is not None:
+            raise ValueError(f"{source}: added_tokens_decoder gives id {i} to {content!r}, "
+                             f"but in tokenizer.json id {i} is {tok.id_to_token(i)!r}")
+        flags = entry if isinstance(entry, dict) else {}
+        token = tokenizers.AddedToken(content, single_word=bool(flags.get("single_word", False)),
+                                      lstrip=bool(flags.get("lstrip", False)), rstrip=bool(flags.get("rstrip", False)),
+                                      normalized=bool(flags.get("normalized", not flags.get("special", True))),
+                                      special=bool(flags.get("special", True)))
+        (tok.add_special_tokens if token.special else tok.add_tokens)([token])
+        if tok.token_to_id(content) != i:
+            raise ValueError(f"{source}: added_tokens_decoder declares {content!r} as id {i}, which tokenizer.json "
+                             f"does not have; added, it would be id {tok.token_to_id(content)}")
+
+
 def _token_content(value: Any) -> str | None:
     if isinstance(value, dict):
         return value.get("content")
@@ -139,7 +175,12 @@ class Tokenizer:
     # ------------------------------------------------------------------ construction and saving
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **special_ids: int | None) -> "Tokenizer":
-        """Load ``tokenizer.json`` (or a directory holding it, plus an optional ``tokenizer_config.json``)."""
+        """Load ``tokenizer.json`` (or a directory holding it, plus an optional ``tokenizer_config.json``).
+
+        Tokens that ``tokenizer_config.json``'s ``added_tokens_decoder`` declares and tokenizer.json
+        lacks are added at their declared id; a declaration that disagrees with tokenizer.json
+        (another id for the token, another token for the id) raises ``ValueError``.
+        """
         path = Path(path)
         directory = path if path.is_dir() else path.parent
         file = directory / "tokenizer.json" if path.is_dir() else path
@@ -156,6 +197,7 @@ class Tokenizer:
                 config = json.loads(config_file.read_text(encoding="utf-8"))
             except json.JSONDecodeError as err:
                 raise ValueError(f"could not parse {config_file}: {err}") from err
+        _add_declared_tokens(tok, config, config_file)
         return cls(tok, tokenizer_config=config, **special_ids)
 
     def save(self, directory: str | os.PathLike[str]) -> None:
