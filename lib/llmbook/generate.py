@@ -325,7 +325,10 @@ def generate(
     """Continue ``prompts`` (a string or a list of strings) with ``model``; returns a :class:`GenerationResult`.
 
     ``stop``: strings that end a row (the text is cut before them). ``stop_at_eos``: end a row at
-    the tokenizer's/model's EOS. ``add_bos`` (default: what the tokenizer does by default) puts
+    any EOS: the tokenizer's, config.json's and every id ``model.generation_config`` (the
+    checkpoint's generation_config.json) lists. The sampling arguments are always this function's
+    own defaults; a checkpoint's recommended ones are ``model.generation_config.sampling_kwargs()``
+    (transformers applies them silently; here they must be passed). ``add_bos`` (default: what the tokenizer does by default) puts
     BOS in front of each prompt. ``stream(row, piece)`` is called with each new piece of text as
     soon as it is final (incomplete characters and possible stop-string prefixes are held back).
     Same ``seed`` (or generator state), same output.
@@ -376,6 +379,8 @@ def generate(
             eos.add(tokenizer.eos_token_id)
         config_eos = model.config.eos_token_id
         eos.update(config_eos if isinstance(config_eos, list) else [] if config_eos is None else [config_eos])
+        if model.generation_config is not None:
+            eos.update(model.generation_config.eos_token_id)
     suppress = [i for i in _undecodable_ids(tokenizer, model.config.vocab_size) if i not in eos]
     tracker = _TextTracker(tokenizer, prompt_ids, stop, eos, stream) if (stop or stream) else None
     result = generate_ids(
