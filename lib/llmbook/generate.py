@@ -33,7 +33,9 @@ class GenerationResult:
     """What a generation produced, one entry per prompt.
 
     ``tokens[i]``: generated ids (the EOS id is included when the row ended on it).
-    ``texts[i]``: their text, without EOS and cut before a stop string ('' from ``generate_ids``).
+    ``texts[i]``: their text, without EOS and cut before a stop string ('' from ``generate_ids``),
+    decoded in the context of the prompt: ``decode(prompt_ids[i]) + texts[i] == decode(prompt_ids[i] + ids)``
+    (see :func:`generate`).
     ``token_probs[i][t]``: probability of the token chosen at step t under the processed distribution.
     ``distributions``: (batch, steps, vocab) float32 CPU tensor of the processed distributions of the
     first ``record_distributions`` steps (rows that had finished hold the distribution they were not sampled from).
