@@ -129,6 +129,24 @@ def test_add_bos_and_zero_tokens(pair):
     assert empty.tokens == [[], []] and empty.texts == ["", ""]
 
 
+def test_suppressed_ids_are_never_sampled(pair):
+    model, tok = pair
+    ids = tok.encode(PROMPTS[0])
+    free = generate_ids(model, [ids], max_new_tokens=20, temperature=0).tokens[0]
+    banned = sorted(set(free))
+    result = generate_ids(model, [ids], max_new_tokens=20, temperature=5.0, seed=0, record_distributions=20,
+                          suppress_token_ids=banned)
+    assert not set(result.tokens[0]) & set(banned)
+    assert (result.distributions[0][:, banned] == 0).all()  # the distribution sampled from excludes them
+    greedy = generate_ids(model, [ids], max_new_tokens=5, temperature=0, suppress_token_ids=[free[0]])
+    assert greedy.tokens[0][0] != free[0]
+    vocab = model.config.vocab_size
+    with pytest.raises(ValueError, match=rf"suppress_token_ids must be token ids in \[0, {vocab - 1}\], got {vocab}"):
+        generate_ids(model, [ids], suppress_token_ids=[vocab])
+    with pytest.raises(ValueError, match="must leave at least one"):
+        generate_ids(model, [ids], suppress_token_ids=list(range(vocab)))
+
+
 def test_bad_arguments(pair):
     model, tok = pair
     context = model.config.max_position_embeddings
@@ -192,3 +210,81 @@ def test_next_token_logits_bad_prompt():
         next_token_logits(model, tokenizer, ["a list"])
     with pytest.raises(ValueError, match="prompt encodes to no tokens"):
         next_token_logits(model, tokenizer, "", add_bos=False)
+
+
+# ---------------------------------------------------------------- ids the tokenizer does not know
+@pytest.fixture(scope="module")
+def padded():
+    """A 384-row model with the 320-token tokenizer (Qwen2-style padded embedding)."""
+    model, tok = make_pair(seed=5, model_vocab=384)
+    assert model.config.vocab_size == 384 and tok.vocab_size == 320
+    return model, tok
+
+
+def test_padded_embedding_would_sample_ids_past_the_tokenizer(padded):
+    # The premise: at high temperature the raw model does pick ids 320..383, which have no text.
+    model, tok = padded
+    raw = generate_ids(model, tok.encode_batch(PROMPTS), max_new_tokens=40, temperature=50.0, seed=0)
+    assert max(max(row) for row in raw.tokens) >= 320
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_padded_embedding_never_loses_a_batch(padded, seed):
+    model, tok = padded
+    pieces: dict[int, list[str]] = {0: [], 1: [], 2: []}
+    kwargs = dict(max_new_tokens=40, temperature=50.0, seed=seed, stop_at_eos=False, record_distributions=3)
+    for extra in ({}, {"stream": lambda row, piece: pieces[row].append(piece), "stop": ["zq"]}):
+        result = generate(model, tok, PROMPTS, **kwargs, **extra)
+        assert all(len(row) == 40 and max(row) < 320 for row in result.tokens)
+        assert (result.distributions[..., 320:] == 0).all()
+        for p, row, text in zip(result.prompt_ids, result.tokens, result.texts):
+            assert tok.decode(p) + text == tok.decode(p + row)
+    assert all("".join(pieces[i]) == result.texts[i] for i in range(3))
+
+
+def test_eos_past_the_tokenizer_still_ends_a_row():
+    # An EOS id the tokenizer lacks is kept samplable: it ends the row and is never decoded.
+    from model_helpers import scripted_model
+
+    _, tok = make_pair(model_vocab=384)
+    model = scripted_model(384, [[*tok.encode(" cat"), 350, 5], [*tok.encode(" cat"), 340, 5]])
+    model.config.eos_token_id = 350
+    result = generate(model, tok, ["The", "The"], max_new_tokens=4, temperature=0)
+    assert result.tokens[0][-1] == 350 and result.finish_reasons[0] == "eos" and result.texts[0] == " cat"
+    assert 340 not in result.tokens[1] and result.finish_reasons[1] == "length"  # 340 is masked, not EOS
+
+
+def test_vocabulary_holes_are_never_sampled():
+    import json
+
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from model_helpers import make_tokenizer
+
+    spec = json.loads(make_tokenizer().to_str())
+    vocab = spec["model"]["vocab"]
+    vocab[max(vocab, key=vocab.get)] = 330  # ids 319..329 name no token now
+    tok = Tokenizer(HFTokenizer.from_str(json.dumps(spec)), bos_token_id=1, eos_token_id=2)
+    model, _ = make_pair(seed=5, model_vocab=384)
+    result = generate(model, tok, PROMPTS, max_new_tokens=40, temperature=50.0, seed=1, stop_at_eos=False)
+    seen = {t for row in result.tokens for t in row}
+    assert not seen & tok.unassigned_ids and max(seen) <= 330
+
+
+def test_next_token_logits_masks_ids_without_text(padded):
+    model, tok = padded
+    logits = next_token_logits(model, tok, "The cat", add_bos=True)
+    with torch.no_grad():
+        raw = model(torch.tensor([tok.encode("The cat", add_bos=True)]))[0, -1].float()
+    assert logits.shape == (384,)
+    assert torch.equal(logits[:320], raw[:320]) and torch.isinf(logits[320:]).all()
+    top = logits.topk(400 - 80).indices  # every finite logit names a token that decodes
+    assert int(top.max()) < 320
+
+
+def test_world_complete_with_a_padded_embedding(padded):
+    from llmbook.world.evaluate import complete
+
+    model, tok = padded
+    texts = complete(model, tok, PROMPTS, max_new_tokens=20, temperature=50.0, stop=["."], batch_size=2)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)

@@ -62,8 +62,9 @@ def test_from_hf_reads_transformers5_rope_parameters_and_refuses_unknowns():
         ModelConfig.from_hf({**hf, "architectures": ["MistralForCausalLM"], "model_type": "mistral"})
     with pytest.raises(ValueError, match="hidden_act 'gelu'"):
         ModelConfig.from_hf({**hf, "hidden_act": "gelu"})
+    qwen = {**hf, "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"}
     with pytest.raises(ValueError, match="sliding_window"):
-        ModelConfig.from_hf({**hf, "architectures": ["Qwen2ForCausalLM"], "use_sliding_window": True})
+        ModelConfig.from_hf({**qwen, "use_sliding_window": True, "sliding_window": 16, "max_window_layers": 0})
     with pytest.raises(ValueError, match="Qwen2ForCausalLM"):
         small_config().to_hf("Qwen2ForCausalLM")  # Qwen2 needs q/k/v bias
 
@@ -240,3 +241,62 @@ def test_cuda_dtypes_run_and_match(dtype):
         ref, got = model(ids), gpu(ids.cuda()).float().cpu()
     tol = 1e-3 if dtype == torch.float32 else 0.01 * ref.abs().max().item()  # TF32 / fp16's 11-bit mantissa
     assert (got - ref).abs().max() <= tol
+
+
+# ---------------------------------------------------------------- config.json keys: read as transformers, or refused
+def _llama_hf(**changes):
+    hf = small_config().to_hf()
+    hf.update(changes)
+    return hf
+
+
+@pytest.mark.parametrize("changes, match", [
+    (dict(hidden_act="gelu"), "hidden_act 'gelu' is not supported"),
+    (dict(mlp_bias=True), "mlp_bias=True is not supported"),
+    (dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), "'linear' is not supported"),
+    (dict(rope_scaling={"type": "dynamic", "factor": 2.0}), "'dynamic' is not supported"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}), "'yarn' is not supported"),
+    (dict(partial_rotary_factor=0.5), "partial_rotary_factor=0.5 is not supported"),
+    (dict(rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.25}), "partial_rotary_factor=0.25"),
+    (dict(quantization_config={"quant_method": "fp8"}), "quantization_config .*'fp8'.* is not supported"),
+    (dict(architectures=["LlamaForCausalLM", "Qwen2ForCausalLM"]), "name more than one model"),
+    (dict(architectures=["LlamaForCausalLM", "LlamaForSequenceClassification"]), "is not supported; supported architectures"),
+    (dict(model_type="qwen2"), "model_type 'qwen2' disagrees with architectures \\['LlamaForCausalLM'\\]"),
+    (dict(architectures=["Qwen2ForCausalLM"]), "model_type 'llama' disagrees with architectures"),
+    (dict(model_type="mistral"), "model_type 'mistral' disagrees"),
+    (dict(use_sliding_window=True), "use_sliding_window=True is not supported"),
+])
+def test_from_hf_refuses_what_it_would_build_differently(changes, match):
+    with pytest.raises(ValueError, match=match):
+        ModelConfig.from_hf(_llama_hf(**changes))
+
+
+def test_from_hf_accepts_what_changes_nothing_at_inference():
+    base = ModelConfig.from_hf(_llama_hf())
+    # pretraining_tp only sliced the matrix products in pretraining (transformers 5 ignores it);
+    # attention dropout is off at inference; 'swish' is SiLU; a single architecture without model_type.
+    for changes in (dict(pretraining_tp=4), dict(attention_dropout=0.1), dict(hidden_act="swish"),
+                    dict(partial_rotary_factor=1.0), dict(model_type=None)):
+        c = ModelConfig.from_hf(_llama_hf(**changes))
+        assert {k: v for k, v in c.to_dict().items() if k != "extra"} == {k: v for k, v in base.to_dict().items() if k != "extra"}
+    assert ModelConfig.from_hf(_llama_hf(attention_dropout=0.1)).extra["attention_dropout"] == 0.1
+
+
+def test_qwen2_sliding_window_refused_only_where_transformers_uses_it():
+    qwen = _llama_hf(architectures=["Qwen2ForCausalLM"], model_type="qwen2", attention_bias=None)
+    # transformers: a window only with use_sliding_window, only in layers >= max_window_layers
+    # (or marked 'sliding_attention' in layer_types), and only if shorter than the context.
+    fine = [dict(use_sliding_window=False, sliding_window=8, max_window_layers=0),
+            dict(use_sliding_window=True, sliding_window=8, max_window_layers=2),  # both layers below it
+            dict(use_sliding_window=True, sliding_window=40, max_window_layers=0),  # window = context
+            dict(use_sliding_window=True, sliding_window=8, layer_types=["full_attention"] * 2),
+            dict(use_sliding_window=False, sliding_window=8, layer_types=["sliding_attention"] * 2)]
+    for changes in fine:
+        assert ModelConfig.from_hf({**qwen, **changes}).model_type == "qwen2"
+    refused = [dict(use_sliding_window=True, sliding_window=8, max_window_layers=1),
+               dict(use_sliding_window=True, sliding_window=8, layer_types=["full_attention", "sliding_attention"])]
+    for changes in refused:
+        with pytest.raises(ValueError, match=r"sliding_window=8 < max_position_embeddings=40 in layers \[1\]"):
+            ModelConfig.from_hf({**qwen, **changes})
+    del qwen["max_position_embeddings"]
+    assert ModelConfig.from_hf(qwen).max_position_embeddings == 32768  # Qwen2Config's default, not Llama's 2048

@@ -131,3 +131,63 @@ def test_transformers_reads_the_saved_tokenizer_the_same_way(tok, tmp_path):
     for text in TEXTS:
         assert hf.encode(text, add_special_tokens=False) == tok.encode(text)
     assert hf.eos_token_id == 2 and hf.bos_token_id == 1 and hf.pad_token_id == 0
+
+
+def _with_hole(raw, token_id: int):
+    """The tokenizer with its last vocabulary token moved to ``token_id`` (ids in between name nothing)."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    spec = json.loads(raw.to_str())
+    vocab = spec["model"]["vocab"]
+    last = max(vocab, key=vocab.get)
+    vocab[last] = token_id
+    return HFTokenizer.from_str(json.dumps(spec)), last
+
+
+def test_vocabulary_with_holes_sizes_by_the_largest_id():
+    # `tokenizers` counts tokens; an embedding needs largest id + 1 rows, and the ids in the hole name nothing.
+    raw, last = _with_hole(make_tokenizer(), 330)
+    tok = Tokenizer(raw)
+    assert raw.get_vocab_size(with_added_tokens=True) == 320
+    assert tok.vocab_size == len(tok) == 331
+    assert tok.unassigned_ids == frozenset(range(319, 330))
+    assert tok.decode([330]) == raw.decode([330]) == last.replace("Ġ", " ")
+    assert tok.id_to_token(330) == last
+    with pytest.raises(ValueError, match="id 325 names no token"):
+        tok.decode([5, 325])
+    with pytest.raises(ValueError, match="i=325 is not assigned to any token"):
+        tok.id_to_token(325)
+    assert Tokenizer(make_tokenizer()).unassigned_ids == frozenset()
+
+
+def test_decode_refuses_ids_past_the_vocabulary_that_tokenizers_drops(tok):
+    # `tokenizers` (and so transformers) decodes an unknown id to '' without a word; llmbook names it.
+    assert tok.backend.decode([5, 350, 6]) == tok.decode([5, 6])
+    with pytest.raises(ValueError, match=r"ids must be token ids in \[0, 319\], got 350"):
+        tok.decode([5, 350, 6])
+
+
+def test_added_tokens_in_tokenizer_config(tmp_path):
+    directory = tmp_path / "tok"
+    Tokenizer(make_tokenizer(), eos_token_id=2).save(directory)
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+
+    def declare(entries):
+        (directory / "tokenizer_config.json").write_text(json.dumps({**config, "added_tokens_decoder": entries}))
+
+    entry = lambda content: {"content": content, "special": True, "lstrip": False, "rstrip": False,  # noqa: E731
+                             "normalized": False, "single_word": False}
+    declare({"3": entry("<|eot|>"), "320": entry("<|im_start|>"), "321": entry("<|im_end|>")})
+    tok = Tokenizer.from_file(directory)  # as transformers: missing tokens are added, here at their declared ids
+    assert tok.vocab_size == 322 and tok.token_to_id("<|im_end|>") == 321
+    assert tok.encode("a<|im_start|>b") == [*tok.encode("a"), 320, *tok.encode("b")] and 321 in tok.special_ids
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoTokenizer.from_pretrained(directory)
+    assert hf.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]) == [320, 321]
+    # transformers would put these at id 320 whatever they declare; llmbook refuses the disagreement
+    for entries, match in (({"325": entry("<gap>")}, "declares '<gap>' as id 325, .* it would be id 320"),
+                           ({"3": entry("<other>")}, "gives id 3 to '<other>', but in tokenizer.json id 3 is '<\\|eot\\|>'"),
+                           ({"7": entry("<|eot|>")}, "gives '<\\|eot\\|>' id 7, but tokenizer.json has it as id 3")):
+        declare(entries)
+        with pytest.raises(ValueError, match=match):
+            Tokenizer.from_file(directory)

@@ -13,6 +13,7 @@ whole processed distribution of the first steps, for plotting.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -32,7 +33,9 @@ class GenerationResult:
     """What a generation produced, one entry per prompt.
 
     ``tokens[i]``: generated ids (the EOS id is included when the row ended on it).
-    ``texts[i]``: their text, without EOS and cut before a stop string ('' from ``generate_ids``).
+    ``texts[i]``: their text, without EOS and cut before a stop string ('' from ``generate_ids``),
+    decoded in the context of the prompt: ``decode(prompt_ids[i]) + texts[i] == decode(prompt_ids[i] + ids)``
+    (see :func:`generate`).
     ``token_probs[i][t]``: probability of the token chosen at step t under the processed distribution.
     ``distributions``: (batch, steps, vocab) float32 CPU tensor of the processed distributions of the
     first ``record_distributions`` steps (rows that had finished hold the distribution they were not sampled from).
@@ -58,6 +61,25 @@ def _check_int(name: str, value: object, low: int) -> int:
     return value
 
 
+def _suppress_mask(ids: Sequence[int] | None, vocab: int, device: torch.device) -> torch.Tensor | None:
+    """(V,) bool mask of ``suppress_token_ids`` (None when there are none)."""
+    if ids is None:
+        return None
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, set, frozenset)):
+        raise ValueError(f"suppress_token_ids must be a list of token ids or None, got {type(ids).__name__}")
+    ids = list(ids)
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab:
+            raise ValueError(f"suppress_token_ids must be token ids in [0, {vocab - 1}], got {i!r}")
+    if len(set(ids)) >= vocab:
+        raise ValueError(f"suppress_token_ids must leave at least one of the {vocab} ids to sample")
+    if not ids:
+        return None
+    mask = torch.zeros(vocab, dtype=torch.bool)
+    mask[ids] = True
+    return mask.to(device)
+
+
 # A step hook sees (step, chosen ids of all rows as a list, rows still running) and returns the
 # rows that must stop now (e.g. a stop string appeared). Used by `generate` for text-level logic.
 StepHook = Callable[[int, list[int], list[bool]], Sequence[int]]
@@ -78,11 +100,15 @@ def generate_ids(
     eos_token_ids: Sequence[int] | int | None = None,
     record_distributions: int = 0,
     on_step: StepHook | None = None,
+    suppress_token_ids: Sequence[int] | None = None,
 ) -> GenerationResult:
     """Generate from token-id prompts (a list of lists); the loop behind :func:`generate`.
 
     ``seed`` seeds a fresh generator on the model's device (ignored when ``generator`` is given).
     Rows stop at any of ``eos_token_ids`` or after ``max_new_tokens``.
+    ``suppress_token_ids``: ids never to sample (their logits are set to -inf before the sampler
+    sees them, as transformers' ``suppress_tokens``); :func:`generate` passes the ids its
+    tokenizer cannot decode.
     """
     if not isinstance(model, CausalLM):
         raise ValueError(f"model must be a llmbook CausalLM, got {type(model).__name__}")
@@ -118,6 +144,7 @@ def generate_ids(
             generator = torch.Generator(device=model.device).manual_seed(seed)
     elif not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    suppressed = _suppress_mask(suppress_token_ids, vocab, model.device)
     settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     # Validate the sampler settings now, not after an expensive prefill.
     probabilities(torch.zeros(1, 2), **settings)
@@ -150,6 +177,8 @@ def generate_ids(
 
     for step in range(max_new_tokens):
         scores = logits.float()  # sample in float32 whatever the model's dtype
+        if suppressed is not None:
+            scores = scores.masked_fill(suppressed, float("-inf"))
         token = sample(scores, generator=generator, **settings)  # (B,)
         probs = probabilities(scores, **settings)  # (B, V): the distribution `token` was drawn from
         chosen[:, step] = token
@@ -185,20 +214,59 @@ def generate_ids(
     return result
 
 
-class _TextTracker:
-    """Per-row decoded text, stop-string detection and streaming of safe-to-show pieces."""
+def _continuation(tokenizer: Tokenizer, prompt: list[int], prompt_text: str, generated: list[int]) -> str:
+    """The text ``generated`` adds after ``prompt``: ``decode(prompt + generated)`` after ``decode(prompt)``.
 
-    def __init__(self, tokenizer: Tokenizer, batch: int, stop: list[str], eos: set[int],
+    Decoding the generated ids alone would lose what only the context decides: a SentencePiece
+    decoder drops the leading space of the first token ('▁cat' alone is 'cat', after 'The' it is
+    ' cat'). If the generated ids rewrite the end of the prompt's text (a SentencePiece prompt that
+    ends in byte tokens, continued by byte tokens into invalid UTF-8), the text starts where the
+    two decodings part.
+    """
+    full = tokenizer.decode(prompt + generated)
+    if full.startswith(prompt_text):
+        return full[len(prompt_text):]
+    return full[len(os.path.commonprefix([prompt_text, full])):]
+
+
+class _TextTracker:
+    """Per-row text (decoded in the context of the prompt), stop strings, and streaming of final pieces."""
+
+    def __init__(self, tokenizer: Tokenizer, prompts: list[list[int]], stop: list[str], eos: set[int],
                  stream: Callable[[int, str], None] | None) -> None:
         self.tokenizer, self.stop, self.eos, self.stream = tokenizer, stop, eos, stream
-        self.ids: list[list[int]] = [[] for _ in range(batch)]
-        self.texts = [""] * batch
-        self.emitted = [0] * batch  # characters already passed to `stream`
+        self.prompts = prompts
+        self.prompt_texts = [tokenizer.decode(p) for p in prompts]
+        self.byte_ids = tokenizer.byte_fallback_ids
+        self.ids: list[list[int]] = [[] for _ in prompts]
+        self.texts = [""] * len(prompts)
+        self.emitted = [0] * len(prompts)  # characters already passed to `stream`
 
     def _emit(self, row: int, upto: int) -> None:
         if self.stream is not None and upto > self.emitted[row]:
             self.stream(row, self.texts[row][self.emitted[row]:upto])
             self.emitted[row] = upto
+
+    def _text(self, row: int, generated: list[int]) -> str:
+        return _continuation(self.tokenizer, self.prompts[row], self.prompt_texts[row], generated)
+
+    def _final_length(self, row: int, text: str) -> int:
+        """How much of ``text`` no later token can change."""
+        end = len(text)
+        if self.byte_ids:
+            # A run of byte-fallback tokens decodes as a whole (one invalid byte turns every byte of
+            # the run into U+FFFD), so the text of a trailing run is final only once the run ends.
+            both = self.prompts[row] + self.ids[row]
+            j = len(both)
+            while j > 0 and both[j - 1] in self.byte_ids:
+                j -= 1
+            if j < len(both):
+                g = j - len(self.prompts[row])
+                before = self._text(row, self.ids[row][:g]) if g > 0 else ""
+                end = len(os.path.commonprefix([before, text]))
+        while end > 0 and text[end - 1] == "\ufffd":  # an incomplete UTF-8 character (byte-level BPE)
+            end -= 1
+        return end
 
     def __call__(self, step: int, tokens: list[int], running: list[bool]) -> list[int]:
         stopped = []
@@ -208,7 +276,7 @@ class _TextTracker:
             if not alive or len(self.ids[row]) != step:
                 continue
             self.ids[row].append(token)
-            text = self.tokenizer.decode(self.ids[row])
+            text = self._text(row, self.ids[row])
             self.texts[row] = text
             cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
             if cut >= 0:
@@ -216,11 +284,11 @@ class _TextTracker:
                 self._emit(row, cut)
                 stopped.append(row)
                 continue
-            # Hold back an incomplete UTF-8 character and any tail that may grow into a stop string.
-            end = len(text) - 1 if text.endswith("\ufffd") else len(text)
+            # Hold back what may still change and any tail that may grow into a stop string.
+            end = self._final_length(row, text)
             hold = 0
             for s in self.stop:
-                for k in range(min(len(s) - 1, end), 0, -1):  # longest tail of the text that starts s
+                for k in range(min(len(s) - 1, end), 0, -1):  # longest tail of the final text that starts s
                     if text[end - k:end] == s[:k]:
                         hold = max(hold, k)
                         break
@@ -230,6 +298,12 @@ class _TextTracker:
     def finish(self) -> None:
         for row in range(len(self.ids)):
             self._emit(row, len(self.texts[row]))
+
+
+def _undecodable_ids(tokenizer: Tokenizer, vocab: int) -> list[int]:
+    """Ids of a ``vocab``-row model that ``tokenizer`` cannot decode: its holes and every id past it."""
+    size = tokenizer.vocab_size
+    return sorted(i for i in tokenizer.unassigned_ids if i < vocab) + list(range(size, vocab))
 
 
 def generate(
@@ -253,10 +327,33 @@ def generate(
     """Continue ``prompts`` (a string or a list of strings) with ``model``; returns a :class:`GenerationResult`.
 
     ``stop``: strings that end a row (the text is cut before them). ``stop_at_eos``: end a row at
-    the tokenizer's/model's EOS. ``add_bos`` (default: what the tokenizer does by default) puts
+    any EOS: the tokenizer's, config.json's and every id ``model.generation_config`` (the
+    checkpoint's generation_config.json) lists. The sampling arguments are always this function's
+    own defaults; a checkpoint's recommended ones are ``model.generation_config.sampling_kwargs()``
+    (transformers applies them silently; here they must be passed). ``add_bos`` (default: what the tokenizer does by default) puts
     BOS in front of each prompt. ``stream(row, piece)`` is called with each new piece of text as
     soon as it is final (incomplete characters and possible stop-string prefixes are held back).
     Same ``seed`` (or generator state), same output.
+
+    **Text.** With ``P = result.prompt_ids[i]`` (BOS included when added) and ``G`` the generated
+    ids without a final EOS, ``result.texts[i]`` is what ``G`` adds to the text:
+    ``decode(P) + texts[i] == decode(P + G)``, where ``decode`` is ``tokenizer.decode`` with
+    special tokens kept as the tokenizer writes them (a generated special token that is not an
+    EOS shows, e.g. ``'<|eot|>'``). Without BOS, for a tokenizer that round-trips the prompt,
+    ``decode(P)`` is the prompt, so ``prompt + texts[i] == decode(P + G)``: the text keeps the
+    leading space that a SentencePiece decoder drops from a first token ('▁cat' after 'The' is
+    ' cat'). (The one exception: a SentencePiece prompt ending in byte-fallback tokens, continued
+    by byte tokens that make that run invalid UTF-8, changes the prompt's own last characters;
+    the text then starts where ``decode(P)`` and ``decode(P + G)`` part.) A stop string is
+    searched in this text after every token and the text is cut before its first occurrence, so
+    ``stop=[" cat"]`` works; the pieces passed to ``stream`` always concatenate to ``texts[i]``.
+
+    **Ids the tokenizer cannot write.** A model may have more embedding rows than the tokenizer
+    has tokens (Qwen2: 151,936 rows, 151,646 tokens; many fine-tunes pad to a multiple of 64).
+    Those ids, and ids in a hole of the vocabulary, have no text, so they are never sampled: their
+    logits are -inf before the sampler (``token_probs`` and ``distributions`` are over the tokens
+    that remain). EOS ids are kept even there: they end a row and are never decoded.
+    (transformers samples them and decodes them to ''.)
     """
     if not isinstance(tokenizer, Tokenizer):
         raise ValueError(f"tokenizer must be a llmbook Tokenizer, got {type(tokenizer).__name__}")
@@ -284,17 +381,23 @@ def generate(
             eos.add(tokenizer.eos_token_id)
         config_eos = model.config.eos_token_id
         eos.update(config_eos if isinstance(config_eos, list) else [] if config_eos is None else [config_eos])
-    tracker = _TextTracker(tokenizer, len(texts), stop, eos, stream) if (stop or stream) else None
+        if model.generation_config is not None:
+            eos.update(model.generation_config.eos_token_id)
+    suppress = [i for i in _undecodable_ids(tokenizer, model.config.vocab_size) if i not in eos]
+    tracker = _TextTracker(tokenizer, prompt_ids, stop, eos, stream) if (stop or stream) else None
     result = generate_ids(
         model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         min_p=min_p, seed=seed, generator=generator, eos_token_ids=sorted(eos) or None,
-        record_distributions=record_distributions, on_step=tracker,
+        record_distributions=record_distributions, on_step=tracker, suppress_token_ids=suppress or None,
     )
     if tracker is not None:
         tracker.finish()
         result.texts = tracker.texts
     else:
-        result.texts = [tokenizer.decode([t for t in row if t not in eos]) for row in result.tokens]
+        result.texts = [
+            _continuation(tokenizer, p, tokenizer.decode(p), row[:-1] if reason == FINISH_EOS else row)
+            for p, row, reason in zip(prompt_ids, result.tokens, result.finish_reasons)
+        ]
     return result
 
 
@@ -303,11 +406,18 @@ def next_token_logits(model: CausalLM, tokenizer: Tokenizer, prompt: str, add_bo
     """The model's logits for the token that follows ``prompt``: shape (V,), float32, on the CPU.
 
     For looking at one next-token distribution (tables, plots, widgets); ``add_bos`` puts BOS
-    in front, as the book's models saw every document in training.
+    in front, as the book's models saw every document in training. V is the model's vocabulary;
+    ids the tokenizer cannot decode (embedding rows past ``len(tokenizer)``, holes in its
+    vocabulary) are -inf, as :func:`generate` never samples them, so a softmax, argmax or top-k
+    of these logits only ever names tokens that have a text.
     """
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be a str, got {type(prompt).__name__}")
     ids = tokenizer.encode(prompt, add_bos=add_bos)
     if not ids:
         raise ValueError("prompt encodes to no tokens: pass a non-empty prompt or add_bos=True")
-    return model(torch.tensor([ids], device=model.device))[0, -1].float().cpu()
+    logits = model(torch.tensor([ids], device=model.device))[0, -1].float().cpu()
+    undecodable = _undecodable_ids(tokenizer, logits.shape[-1])
+    if undecodable:
+        logits[undecodable] = float("-inf")
+    return logits

@@ -11,6 +11,14 @@
 Supported architectures: Llama (``LlamaForCausalLM``, which SmolLM also uses) and Qwen2.
 
 ``save_pretrained`` writes the same layout, which ``transformers.AutoModelForCausalLM`` loads.
+
+What is on disk and what is built never silently disagree: every file and key the loader does
+not implement is either read as transformers reads it or refused with a ``ModelLoadError``
+naming it. ``generation_config.json`` is read into ``model.generation_config`` (its EOS list ends
+generation; its sampling settings are only applied when passed, see
+:class:`llmbook.model.GenerationConfig`). Where llmbook deliberately differs from transformers:
+the default dtype is float32 (transformers 5 loads in the checkpoint's ``torch_dtype``), and a
+setting transformers would ignore (``partial_rotary_factor`` in a Llama) is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ import json
 import os
 import re
 import sys
+import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from llmbook.device import pick_device, resolve_dtype
-from llmbook.model import SUPPORTED_ARCHITECTURES, CausalLM, ModelConfig
+from llmbook.model import SUPPORTED_ARCHITECTURES, CausalLM, GenerationConfig, ModelConfig
 from llmbook.tokenizer import Tokenizer
 
 __all__ = [
@@ -110,17 +120,44 @@ def load_model(directory: str | os.PathLike[str], device: torch.device | str | N
         raise
     except (ValueError, KeyError, TypeError) as err:
         raise ModelLoadError(f"{config_file}: {err}") from err
+    generation_config = None
+    generation_file = directory / "generation_config.json"
+    if generation_file.is_file():
+        try:
+            generation_config = GenerationConfig.from_hf(_read_json(generation_file), config)
+        except ModelLoadError:
+            raise
+        except (ValueError, TypeError) as err:
+            raise ModelLoadError(f"{generation_file}: {err}") from err
     files = _weight_files(directory)
     state = {k: v for k, v in _read_state_dict(files).items() if not k.endswith(_IGNORED_SUFFIXES)}
+    where = ", ".join(str(f) for f in files)
+    for key, tensor in state.items():
+        if not tensor.is_floating_point() or tensor.element_size() < 2:
+            raise ModelLoadError(
+                f"weight {key} in {where} is {tensor.dtype}; only float32/float16/bfloat16 weights are read "
+                "(quantized or float8 checkpoints need their scales, which this loader does not apply)"
+            )
+
+    if config.tie_word_embeddings and "lm_head.weight" in state and "model.embed_tokens.weight" in state:
+        head, embed = state["lm_head.weight"], state["model.embed_tokens.weight"]
+        if head.shape != embed.shape or not torch.equal(head, embed.to(head.dtype)):
+            # As transformers: the checkpoint's own output matrix wins over the config's tie.
+            warnings.warn(
+                f"{config_file} says tie_word_embeddings=true but {where} holds an lm_head.weight that differs from "
+                "model.embed_tokens.weight; loading both, untied (as transformers does). Set "
+                "tie_word_embeddings=false in config.json to silence this.",
+                stacklevel=2,
+            )
+            config = replace(config, tie_word_embeddings=False)
 
     # Build on the meta device (no memory, no random init) and adopt the checkpoint's tensors.
     model = CausalLM(config, device="meta", dtype=dtype)
     expected = set(model.state_dict())
     if config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)  # one matrix; the embedding is authoritative, as in transformers
+        state.pop("lm_head.weight", None)  # the same matrix stored twice; one is kept
         expected.discard("lm_head.weight")
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    where = ", ".join(str(f) for f in files)
     if missing or unexpected:
         raise ModelLoadError(f"weights in {where} do not match the config: missing {missing[:8]}, unexpected {unexpected[:8]}")
     for key in list(state):
@@ -138,6 +175,7 @@ def load_model(directory: str | os.PathLike[str], device: torch.device | str | N
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary_emb.reset(device)
+    model.generation_config = generation_config
     model.eval()
     return model
 
@@ -271,6 +309,10 @@ def load(name_or_path: str | os.PathLike[str], device: torch.device | str | None
     ``device`` defaults to :func:`llmbook.device.pick_device`; ``dtype`` to float32.
     Architectures other than ``SUPPORTED_ARCHITECTURES`` are refused with the supported list.
     ``model.source`` says in one line which weights were loaded.
+    The tokenizer's special tokens are those of its own files (as in transformers, even where
+    config.json names other ids, as SmolLM2 and Qwen2.5 do); only ids the tokenizer files leave
+    unset are filled from generation_config.json, then config.json. ``generate`` stops at every EOS
+    any of them names.
     """
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path):
         raise ValueError(f"name_or_path must be a non-empty str or path, got {name_or_path!r}")
@@ -280,18 +322,25 @@ def load(name_or_path: str | os.PathLike[str], device: torch.device | str | None
     if not tokenizer_file.is_file():
         raise ModelLoadError(f"missing file: {tokenizer_file}")
     tokenizer = Tokenizer.from_file(directory)
-    # config.json's ids fill in what the tokenizer files do not say.
-    if tokenizer.bos_token_id is None and isinstance(model.config.bos_token_id, int):
-        tokenizer.bos_token_id = model.config.bos_token_id
-    if tokenizer.eos_token_id is None:
-        eos = model.config.eos_token_id
-        tokenizer.eos_token_id = eos[0] if isinstance(eos, list) and eos else eos if isinstance(eos, int) else None
+    # generation_config.json's, then config.json's ids fill in what the tokenizer files do not say.
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ModelLoadError(
             f"{tokenizer_file} has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size} embeddings"
         )
+    generation = model.generation_config or GenerationConfig.from_hf({}, model.config)
+    if tokenizer.bos_token_id is None and generation.bos_token_id is not None:
+        tokenizer.bos_token_id = _token_id_for(tokenizer, "bos_token_id", generation.bos_token_id)
+    if tokenizer.eos_token_id is None and generation.eos_token_id:
+        tokenizer.eos_token_id = _token_id_for(tokenizer, "eos_token_id", generation.eos_token_id[0])
     model.source = _describe_source(str(name_or_path), directory)
     return model, tokenizer
+
+
+def _token_id_for(tokenizer: Tokenizer, name: str, i: int) -> int | None:
+    """``i`` when it names a token of ``tokenizer``; None (left unset) for an id past it."""
+    if i < tokenizer.vocab_size and i not in tokenizer.unassigned_ids:
+        return i
+    return None
 
 
 def save_pretrained(model: CausalLM, tokenizer: Tokenizer | None, directory: str | os.PathLike[str],
@@ -312,6 +361,9 @@ def save_pretrained(model: CausalLM, tokenizer: Tokenizer | None, directory: str
     config = model.config.to_hf(architecture)
     config["torch_dtype"] = str(model.dtype).removeprefix("torch.")
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    if model.generation_config is not None:
+        (directory / "generation_config.json").write_text(json.dumps(model.generation_config.to_hf(), indent=2) + "\n",
+                                                          encoding="utf-8")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         del state["lm_head.weight"]  # safetensors refuses shared storage; the loader re-ties it

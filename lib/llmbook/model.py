@@ -31,6 +31,7 @@ from llmbook.device import resolve_dtype
 
 __all__ = [
     "ModelConfig",
+    "GenerationConfig",
     "RMSNorm",
     "RotaryEmbedding",
     "Attention",
@@ -65,6 +66,35 @@ def _optional_token_id(name: str, value: Any, vocab_size: int) -> None:
             continue
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < vocab_size:
             raise ValueError(f"{name} must be None or token id(s) in [0, {vocab_size - 1}], got {value!r}")
+
+
+# transformers' defaults when config.json leaves max_position_embeddings out.
+_DEFAULT_MAX_POSITIONS = {"llama": 2048, "qwen2": 32768}
+
+
+def _refuse_qwen2_sliding_window(hf: dict[str, Any], max_positions: int) -> None:
+    """Refuse a Qwen2 config whose attention transformers would limit to a sliding window.
+
+    transformers (Qwen2Config) uses a window only when ``use_sliding_window`` is true, and then
+    only in the layers ``layer_types`` marks ``"sliding_attention"`` (by default layers from
+    ``max_window_layers`` on); a window as long as the context changes nothing.
+    """
+    if not hf.get("use_sliding_window", False):
+        return
+    window = hf.get("sliding_window", 4096)
+    layers = hf.get("num_hidden_layers")
+    layer_types = hf.get("layer_types")
+    if layer_types is None:
+        first = hf.get("max_window_layers", 28)
+        layer_types = ["sliding_attention" if window is not None and i >= first else "full_attention"
+                       for i in range(layers if isinstance(layers, int) else 0)]
+    sliding = [i for i, kind in enumerate(layer_types) if kind == "sliding_attention"]
+    if window is not None and sliding and window < max_positions:
+        raise ValueError(
+            f"use_sliding_window=True with sliding_window={window} < max_position_embeddings={max_positions} in "
+            f"layers {sliding[:8]}{'...' if len(sliding) > 8 else ''} is not supported; this model implements full "
+            "causal attention"
+        )
 
 
 @dataclass
@@ -163,26 +193,46 @@ class ModelConfig:
         """Build from a Hugging Face ``config.json`` dict (Llama, SmolLM or Qwen2), refusing what this model lacks."""
         if not isinstance(hf, dict):
             raise ValueError(f"hf must be a dict parsed from config.json, got {type(hf).__name__}")
+        supported = sorted(SUPPORTED_ARCHITECTURES)
         architectures = hf.get("architectures") or []
         model_type = hf.get("model_type")
-        known = [a for a in architectures if a in SUPPORTED_ARCHITECTURES]
-        if architectures and not known:
-            raise ValueError(f"architecture {architectures} is not supported; supported architectures: {sorted(SUPPORTED_ARCHITECTURES)}")
-        if known:
-            model_type = SUPPORTED_ARCHITECTURES[known[0]]
+        if not isinstance(architectures, list):
+            raise ValueError(f"architectures must be a list of class names, got {architectures!r}")
+        unknown = [a for a in architectures if a not in SUPPORTED_ARCHITECTURES]
+        if unknown:
+            raise ValueError(f"architecture {architectures} is not supported; supported architectures: {supported}")
+        types = {SUPPORTED_ARCHITECTURES[a] for a in architectures}
+        if len(types) > 1:
+            raise ValueError(f"architectures {architectures} name more than one model; a checkpoint must be one of {supported}")
+        if types:
+            # transformers' AutoModelForCausalLM builds the class of model_type and never reads
+            # architectures: when they disagree, the weights were written for one and would be read as the other.
+            if model_type is not None and model_type not in types:
+                raise ValueError(
+                    f"model_type {model_type!r} disagrees with architectures {architectures} "
+                    f"(model_type {next(iter(types))!r}); fix config.json so both name the same model"
+                )
+            model_type = next(iter(types))
         if model_type not in SUPPORTED_ARCHITECTURES.values():
-            raise ValueError(
-                f"model_type {model_type!r} is not supported; supported architectures: {sorted(SUPPORTED_ARCHITECTURES)}"
-            )
+            raise ValueError(f"model_type {model_type!r} is not supported; supported architectures: {supported}")
         act = hf.get("hidden_act", "silu")
-        if act != "silu":
+        if act not in ("silu", "swish"):  # transformers' ACT2FN: 'swish' is SiLU too
             raise ValueError(f"hidden_act {act!r} is not supported; this model implements SwiGLU with 'silu'")
         if hf.get("mlp_bias", False):
             raise ValueError("mlp_bias=True is not supported; Llama-family MLPs here have no bias")
-        if hf.get("use_sliding_window", False):
+        if hf.get("quantization_config") is not None:
+            method = hf["quantization_config"].get("quant_method") if isinstance(hf["quantization_config"], dict) else None
+            raise ValueError(
+                f"quantization_config (quant_method {method!r}) is not supported: the weights are stored quantized "
+                "and this model reads plain floating-point weights; use a non-quantized checkpoint"
+            )
+        max_positions = hf.get("max_position_embeddings", _DEFAULT_MAX_POSITIONS[model_type])
+        if model_type == "qwen2":
+            _refuse_qwen2_sliding_window(hf, max_positions)
+        elif hf.get("use_sliding_window", False):
             raise ValueError("use_sliding_window=True is not supported; this model implements full causal attention")
-        if hf.get("pretraining_tp", 1) not in (1, None):
-            raise ValueError(f"pretraining_tp={hf['pretraining_tp']} is not supported; use 1")
+        # pretraining_tp > 1 only split the matrix products into slices in pretraining (the same
+        # function); transformers ignores it too, so it is accepted whatever its value.
 
         # transformers >= 5 writes rope_parameters={"rope_type", "rope_theta", ...}; older files write
         # rope_theta plus rope_scaling={"rope_type" or "type", ...}. Accept both.
@@ -202,6 +252,17 @@ class ModelConfig:
             if rope_scaling.get("rope_type") == "default":
                 rope_scaling = None
 
+        partial = [src.get("partial_rotary_factor") for src in (hf, rope_scaling or {}, rope_params or {})
+                   if isinstance(src, dict)]
+        for factor in partial:
+            if factor is not None and factor != 1:
+                raise ValueError(
+                    f"partial_rotary_factor={factor} is not supported: RoPE here rotates every dimension of a head "
+                    "(transformers' Llama ignores the key with the default RoPE, which would be a different model)"
+                )
+        if rope_scaling is not None:
+            rope_scaling.pop("partial_rotary_factor", None)
+
         if model_type == "qwen2":
             qkv_bias, o_bias = True, False
         else:
@@ -213,6 +274,7 @@ class ModelConfig:
             "rope_parameters", "rms_norm_eps", "tie_word_embeddings", "attention_bias", "bos_token_id",
             "eos_token_id", "pad_token_id", "model_type", "architectures", "hidden_act", "mlp_bias",
             "torch_dtype", "dtype", "transformers_version", "use_sliding_window", "pretraining_tp",
+            "partial_rotary_factor",
         }
         return cls(
             vocab_size=hf["vocab_size"],
@@ -222,7 +284,7 @@ class ModelConfig:
             num_attention_heads=hf["num_attention_heads"],
             num_key_value_heads=hf.get("num_key_value_heads"),
             head_dim=hf.get("head_dim"),
-            max_position_embeddings=hf.get("max_position_embeddings", 2048),
+            max_position_embeddings=max_positions,
             rope_theta=float(rope_theta),
             rope_scaling=rope_scaling,
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
@@ -283,6 +345,106 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the fields (for printing in a chapter)."""
         return asdict(self)
+
+
+# transformers' GenerationConfig defaults for the settings that change which token is chosen and
+# that llmbook.generate does not implement: a generation_config.json may only leave them at these.
+_UNSUPPORTED_GENERATION_DEFAULTS: dict[str, Any] = {
+    "num_beams": 1, "num_beam_groups": 1, "penalty_alpha": None, "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0,
+    "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "top_h": None, "bad_words_ids": None,
+    "sequence_bias": None, "suppress_tokens": None, "begin_suppress_tokens": None, "forced_bos_token_id": None,
+    "forced_eos_token_id": None, "min_length": 0, "min_new_tokens": None, "exponential_decay_length_penalty": None,
+    "diversity_penalty": 0.0, "guidance_scale": None, "renormalize_logits": False, "watermarking_config": None,
+}
+
+
+@dataclass
+class GenerationConfig:
+    """What a checkpoint's ``generation_config.json`` says about generating (transformers' ``GenerationConfig``).
+
+    ``eos_token_id``: every id that ends a reply (Llama-3-Instruct lists two); ``llmbook.generate``
+    always stops at these, at config.json's and at the tokenizer's EOS. The sampling settings
+    (``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``min_p``, ``max_new_tokens``) are the
+    checkpoint author's recommendation: transformers' ``generate`` uses them as its defaults,
+    ``llmbook.generate`` does not (its defaults are its own, the same for every model, so a chapter's
+    output does not change with the checkpoint); pass ``**model.generation_config.sampling_kwargs()``
+    to use them. ``extra`` keeps the other keys of the file.
+    """
+
+    eos_token_id: list[int] = field(default_factory=list)
+    bos_token_id: int | None = None
+    pad_token_id: int | None = None
+    do_sample: bool | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    max_new_tokens: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any], config: ModelConfig) -> "GenerationConfig":
+        """Read a ``generation_config.json`` dict; bos/eos/pad the file leaves out come from ``config`` (config.json)."""
+        if not isinstance(hf, dict):
+            raise ValueError(f"hf must be a dict parsed from generation_config.json, got {type(hf).__name__}")
+        ids = {}
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = hf.get(name, getattr(config, name))
+            _optional_token_id(name, value, config.vocab_size)
+            ids[name] = value
+        eos = ids["eos_token_id"]
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        for name, kind in (("do_sample", bool), ("temperature", (int, float)), ("top_k", int), ("top_p", (int, float)),
+                           ("min_p", (int, float)), ("max_new_tokens", int)):
+            value = hf.get(name)
+            if value is not None and (not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))):
+                raise ValueError(f"generation_config {name} must be {getattr(kind, '__name__', 'a number')} or null, got {value!r}")
+        mine = {"bos_token_id", "eos_token_id", "pad_token_id", "do_sample", "temperature", "top_k", "top_p",
+                "min_p", "max_new_tokens"}
+        return cls(eos_token_id=eos, bos_token_id=ids["bos_token_id"], pad_token_id=ids["pad_token_id"],
+                   **{k: hf.get(k) for k in mine - {"bos_token_id", "eos_token_id", "pad_token_id"}},
+                   extra={k: v for k, v in hf.items() if k not in mine})
+
+    def to_hf(self) -> dict[str, Any]:
+        """A ``generation_config.json`` dict (keys left unset are left out)."""
+        out = dict(self.extra)
+        eos = self.eos_token_id[0] if len(self.eos_token_id) == 1 else list(self.eos_token_id) or None
+        for key, value in (("bos_token_id", self.bos_token_id), ("eos_token_id", eos), ("pad_token_id", self.pad_token_id),
+                           ("do_sample", self.do_sample), ("temperature", self.temperature), ("top_k", self.top_k),
+                           ("top_p", self.top_p), ("min_p", self.min_p), ("max_new_tokens", self.max_new_tokens)):
+            if value is not None:
+                out[key] = value
+        return out
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        """The file's sampling settings as ``llmbook.generate`` keyword arguments, read as transformers reads them.
+
+        ``do_sample`` false or unset is greedy (``temperature=0``); otherwise ``temperature``
+        (default 1.0), ``top_k`` (transformers' default 50; 0 turns it off), ``top_p`` and ``min_p``.
+        ``max_new_tokens`` is included when the file sets it. A setting that changes the choice of
+        token and that ``generate`` lacks (``repetition_penalty``, ``num_beams``, ...) raises
+        ``ValueError`` naming it, rather than being dropped.
+        """
+        unsupported = {k: v for k, v in self.extra.items()
+                       if k in _UNSUPPORTED_GENERATION_DEFAULTS and v != _UNSUPPORTED_GENERATION_DEFAULTS[k]}
+        if unsupported:
+            raise ValueError(
+                f"generation_config sets {unsupported}, which llmbook.generate does not implement; "
+                "pass the sampling arguments yourself"
+            )
+        out: dict[str, Any] = {}
+        if not self.do_sample:
+            out["temperature"] = 0.0
+        else:
+            out["temperature"] = 1.0 if self.temperature is None else float(self.temperature)
+            top_k = 50 if self.top_k is None else self.top_k
+            out["top_k"] = top_k if top_k > 0 else None
+            out["top_p"] = None if self.top_p is None or self.top_p >= 1.0 else float(self.top_p)
+            out["min_p"] = None if not self.min_p else float(self.min_p)
+        if self.max_new_tokens is not None:
+            out["max_new_tokens"] = self.max_new_tokens
+        return out
 
 
 # ====================================================================== building blocks
@@ -564,6 +726,8 @@ class CausalLM(nn.Module):
         device = torch.device(device) if device is not None else torch.device("cpu")
         dtype = resolve_dtype(dtype, device if device.type != "meta" else None)
         self.config = config
+        # What generation_config.json says (llmbook.hub.load_model reads it); None: nothing beyond config.json.
+        self.generation_config: GenerationConfig | None = None
         with torch.device(device):
             self.model = Decoder(config)
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)

@@ -60,6 +60,50 @@ def _decoder_kind(spec: dict[str, Any] | None) -> str:
     return "other"
 
 
+def _has_byte_fallback(spec: dict[str, Any] | None) -> bool:
+    """Whether the decoder turns ``<0xNN>`` tokens into bytes (SentencePiece byte fallback)."""
+    if not spec:
+        return False
+    parts = spec.get("decoders", [spec]) if spec.get("type") == "Sequence" else [spec]
+    return any(p.get("type") == "ByteFallback" for p in parts)
+
+
+def _add_declared_tokens(tok: tokenizers.Tokenizer, config: dict[str, Any], source: Path) -> None:
+    """Add the tokens ``tokenizer_config.json``'s ``added_tokens_decoder`` declares and tokenizer.json lacks.
+
+    transformers adds such a token after the last id, whatever id the file declares; llmbook adds
+    it only where it lands on its declared id (the embedding row trained for it) and refuses a
+    token that tokenizer.json holds under another id, or an id that names another token.
+    """
+    declared = config.get("added_tokens_decoder")
+    if not declared:
+        return
+    if not isinstance(declared, dict):
+        raise ValueError(f"{source}: added_tokens_decoder must map ids to tokens, got {type(declared).__name__}")
+    for key, entry in sorted(declared.items(), key=lambda kv: int(kv[0]) if str(kv[0]).isdigit() else -1):
+        content = _token_content(entry)
+        if not str(key).isdigit() or content is None:
+            raise ValueError(f"{source}: added_tokens_decoder entry {key!r}: {entry!r} needs an integer id and a 'content'")
+        i = int(key)
+        found = tok.token_to_id(content)
+        if found == i:
+            continue
+        if found is not None:
+            raise ValueError(f"{source}: added_tokens_decoder gives {content!r} id {i}, but tokenizer.json has it as id {found}")
+        if tok.id_to_token(i) is not None:
+            raise ValueError(f"{source}: added_tokens_decoder gives id {i} to {content!r}, "
+                             f"but in tokenizer.json id {i} is {tok.id_to_token(i)!r}")
+        flags = entry if isinstance(entry, dict) else {}
+        token = tokenizers.AddedToken(content, single_word=bool(flags.get("single_word", False)),
+                                      lstrip=bool(flags.get("lstrip", False)), rstrip=bool(flags.get("rstrip", False)),
+                                      normalized=bool(flags.get("normalized", not flags.get("special", True))),
+                                      special=bool(flags.get("special", True)))
+        (tok.add_special_tokens if token.special else tok.add_tokens)([token])
+        if tok.token_to_id(content) != i:
+            raise ValueError(f"{source}: added_tokens_decoder declares {content!r} as id {i}, which tokenizer.json "
+                             f"does not have; added, it would be id {tok.token_to_id(content)}")
+
+
 def _token_content(value: Any) -> str | None:
     if isinstance(value, dict):
         return value.get("content")
@@ -99,6 +143,9 @@ class Tokenizer:
         self.tokenizer_config = dict(tokenizer_config or {})
         spec = json.loads(tokenizer.to_str())
         self._decoder_kind = _decoder_kind(spec.get("decoder"))
+        self._has_byte_fallback = _has_byte_fallback(spec.get("decoder"))
+        self._byte_fallback_ids: frozenset[int] | None = None
+        self._ids_cache: tuple[int, int, frozenset[int]] | None = None
         self._added: dict[int, tokenizers.AddedToken] = dict(tokenizer.get_added_tokens_decoder())
         self.special_ids: frozenset[int] = frozenset(i for i, t in self._added.items() if t.special)
 
@@ -128,7 +175,12 @@ class Tokenizer:
     # ------------------------------------------------------------------ construction and saving
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **special_ids: int | None) -> "Tokenizer":
-        """Load ``tokenizer.json`` (or a directory holding it, plus an optional ``tokenizer_config.json``)."""
+        """Load ``tokenizer.json`` (or a directory holding it, plus an optional ``tokenizer_config.json``).
+
+        Tokens that ``tokenizer_config.json``'s ``added_tokens_decoder`` declares and tokenizer.json
+        lacks are added at their declared id; a declaration that disagrees with tokenizer.json
+        (another id for the token, another token for the id) raises ``ValueError``.
+        """
         path = Path(path)
         directory = path if path.is_dir() else path.parent
         file = directory / "tokenizer.json" if path.is_dir() else path
@@ -145,6 +197,7 @@ class Tokenizer:
                 config = json.loads(config_file.read_text(encoding="utf-8"))
             except json.JSONDecodeError as err:
                 raise ValueError(f"could not parse {config_file}: {err}") from err
+        _add_declared_tokens(tok, config, config_file)
         return cls(tok, tokenizer_config=config, **special_ids)
 
     def save(self, directory: str | os.PathLike[str]) -> None:
@@ -165,10 +218,44 @@ class Tokenizer:
         return self._tok
 
     # ------------------------------------------------------------------ ids and tokens
+    def _ids(self) -> tuple[int, frozenset[int]]:
+        """(largest id + 1, ids below it that name no token), recomputed when tokens are added."""
+        count = self._tok.get_vocab_size(with_added_tokens=True)
+        if self._ids_cache is None or self._ids_cache[0] != count:
+            assigned = set(self._tok.get_vocab(with_added_tokens=True).values())
+            size = max(assigned, default=-1) + 1
+            self._ids_cache = (count, size, frozenset(set(range(size)) - assigned))
+        return self._ids_cache[1], self._ids_cache[2]
+
     @property
     def vocab_size(self) -> int:
-        """Number of token ids, added/special tokens included."""
-        return self._tok.get_vocab_size(with_added_tokens=True)
+        """Largest token id + 1 (added/special tokens included): the embedding rows this tokenizer needs.
+
+        Usually the number of tokens; a vocabulary with holes (ids that name no token, see
+        :attr:`unassigned_ids`) has fewer tokens than this.
+        """
+        return self._ids()[0]
+
+    @property
+    def unassigned_ids(self) -> frozenset[int]:
+        """Ids below :attr:`vocab_size` that name no token (a vocabulary with holes; usually empty)."""
+        return self._ids()[1]
+
+    @property
+    def byte_fallback_ids(self) -> frozenset[int]:
+        """Ids of the ``<0xNN>`` byte tokens when the decoder has SentencePiece byte fallback (else empty).
+
+        A run of such tokens is decoded together: valid UTF-8 gives its characters, invalid UTF-8
+        gives one U+FFFD per byte, so the text of a run can change until the run ends.
+        """
+        if self._byte_fallback_ids is None:
+            ids: set[int] = set()
+            if self._has_byte_fallback:
+                for token, i in self._tok.get_vocab(with_added_tokens=False).items():
+                    if len(token) == 6 and token.startswith("<0x") and token.endswith(">") and i not in self._added:
+                        ids.add(i)
+            self._byte_fallback_ids = frozenset(ids)
+        return self._byte_fallback_ids
 
     def _check_id(self, name: str, i: Any) -> int:
         if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.vocab_size:
@@ -235,11 +322,25 @@ class Tokenizer:
         return [self.bos_token_id, *ids]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
-        """Text of token ids (invalid UTF-8 from a partial character shows as U+FFFD)."""
+        """Text of token ids (invalid UTF-8 from a partial character shows as U+FFFD).
+
+        Every id must name a token: ids outside ``[0, vocab_size)`` (e.g. the rows a model's
+        embedding has past the tokenizer, as Qwen2's 151,936 rows for 151,646 tokens) and
+        :attr:`unassigned_ids` raise ``ValueError``. (``tokenizers`` and transformers silently
+        decode them to ''; :func:`llmbook.generate.generate` never samples them.)
+        The text is exact: no clean-up of spaces (transformers' ``clean_up_tokenization_spaces``),
+        so ``decode(encode(text)) == text`` for a tokenizer that can represent ``text``.
+        """
         ids = [int(i) for i in ids]
+        size = self.vocab_size
         for i in ids:
-            if not 0 <= i < self.vocab_size:
-                raise ValueError(f"ids must be token ids in [0, {self.vocab_size - 1}], got {i}")
+            if not 0 <= i < size:
+                raise ValueError(f"ids must be token ids in [0, {size - 1}], got {i}")
+        holes = self.unassigned_ids
+        if holes:
+            for i in ids:
+                if i in holes:
+                    raise ValueError(f"ids must be token ids this tokenizer assigns; id {i} names no token")
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def __len__(self) -> int:
