@@ -5,6 +5,14 @@ Top-k, top-p (nucleus) and min-p then cut the tail of that distribution. Each st
 *logits processor*, a callable ``logits (..., vocab) -> logits`` that sets filtered-out
 entries to -inf, so they compose: ``apply_processors(logits, build_processors(...))``.
 :func:`probabilities` and :func:`sample` run the same chain (fused, with identical results).
+
+Numerics. Every function computes exactly what transformers' warpers compute (bit for bit,
+tests/test_sampling_parity.py) as long as that is finite. Where ``logits / temperature``
+would overflow its dtype (a tiny temperature; float16 saturates at 65504) the affected row
+is shifted by its maximum before dividing (:func:`_divide_by_temperature`), which gives the
+same distribution without inf - inf = NaN. So for finite logits of any float dtype and any
+temperature the API accepts, no function returns NaN.
+Chapter 1 (temperature) and chapter 2 (top-p) explain the mechanisms.
 """
 
 from __future__ import annotations
@@ -41,18 +49,53 @@ def _check_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def _wide_dtype(device: torch.device) -> torch.dtype:
+    """The widest float dtype ``device`` computes in: float64, except on Apple's MPS (float32 only)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _divide_by_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits / temperature`` as a new tensor, with each row's maximum guaranteed finite.
+
+    The ordinary path is the plain division of transformers' ``TemperatureLogitsWarper``, so
+    results stay bit-identical to it. Only a row whose maximum that division leaves non-finite
+    takes the stable path: +inf when a small temperature pushes a logit past the dtype's range
+    (float16 logit 40000 at T = 0.5), -inf when all its finite logits are negative and
+    overflow, NaN when the temperature itself rounds to 0 or inf in the dtype (0 / 0,
+    -inf / inf). That row is computed as ``(z - max z) / T`` in float64 (exact T, no
+    overflow in the subtraction), then cast back: the top logit becomes exactly 0 and every
+    other one a finite negative number, or -inf when the gap leaves the dtype's range; its
+    softmax is then exactly 0 anyway, since a gap that large underflows ``exp``. Softmax does
+    not change under a shift, so this is the same distribution computed without overflow.
+    """
+    x = logits / temperature
+    if temperature == 1.0:
+        return x
+    # Over/underflow or NaN in a row shows in its maximum (amax propagates NaN).
+    broken = ~torch.isfinite(x.amax(dim=-1))
+    if bool(broken.any()):
+        rows = logits[broken].to(_wide_dtype(logits.device))
+        gap = rows - rows.amax(dim=-1, keepdim=True)  # 0 at the max, < 0 elsewhere, -inf where masked
+        # Divide only finite negative gaps: 0 / T and -inf / T could give NaN if T rounds to 0 or inf.
+        stable = torch.where(torch.isfinite(gap) & (gap < 0), gap / temperature, gap)
+        x[broken] = stable.to(x.dtype)
+    return x
+
+
 def temperature_softmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Softmax of ``logits / temperature`` over the last dimension.
 
     ``temperature == 0`` returns the T -> 0 limit: all mass on the largest logit (shared
-    equally when several tie), which is what greedy decoding samples from.
+    equally when several tie), which is what greedy decoding samples from. A positive
+    temperature so small that ``logits / temperature`` overflows reaches that limit too,
+    without NaN (the row is shifted by its maximum first, see :func:`_divide_by_temperature`).
     """
     temperature = _check_temperature(temperature)
     logits = _check_logits(logits)
     if temperature == 0.0:
         is_max = logits == logits.max(dim=-1, keepdim=True).values
         return is_max.to(logits.dtype) / is_max.sum(dim=-1, keepdim=True).to(logits.dtype)
-    return torch.softmax(logits / temperature, dim=-1)
+    return torch.softmax(_divide_by_temperature(logits, temperature), dim=-1)
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -128,6 +171,11 @@ class Temperature:
 
     ``temperature == 0`` is the T -> 0 limit used for greedy decoding: every logit except
     the argmax (the first one on ties, like ``torch.argmax``) becomes -inf.
+
+    Bit-identical to transformers' ``TemperatureLogitsWarper`` wherever that is finite. Where
+    the division would overflow (float16, or a tiny temperature), the row is shifted by its
+    maximum first and comes out with maximum 0: the same softmax, where transformers' row
+    would hold inf and its softmax NaN.
     """
 
     def __init__(self, temperature: float) -> None:
@@ -139,7 +187,7 @@ class Temperature:
             keep = logits.argmax(dim=-1, keepdim=True)
             return torch.full_like(logits, NEG_INF).scatter_(-1, keep, logits.gather(-1, keep))
         # A division, not a multiplication by 1/T: the two differ in the last bit.
-        return logits / self.temperature
+        return _divide_by_temperature(logits, self.temperature)
 
     def __repr__(self) -> str:
         return f"Temperature({self.temperature})"
@@ -286,7 +334,7 @@ def _filter(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Masked logits (a new tensor) and, when known, indices that cover every kept token."""
     vocab = logits.shape[-1]
-    x = logits / temperature if temperature != 1.0 else logits.clone()
+    x = _divide_by_temperature(logits, temperature) if temperature != 1.0 else logits.clone()
     candidates = None  # (..., k) indices containing every surviving token, if cheaply known
     topk_values = None  # their logits sorted descending, if they are exactly the survivors
     if top_k is not None and top_k < vocab:
@@ -346,8 +394,11 @@ def probabilities(
 ) -> torch.Tensor:
     """The distribution that :func:`sample` draws from, shape ``logits.shape``.
 
-    Equal to ``softmax(apply_processors(logits, build_processors(...)))``. Temperature 0
-    gives the one-hot greedy distribution on the argmax (first index on ties).
+    Equal to ``softmax(apply_processors(logits, build_processors(...)))``, and bit-identical
+    to transformers' warpers followed by a softmax wherever those are finite. Temperature 0
+    gives the one-hot greedy distribution on the argmax (first index on ties). For finite
+    logits the result is never NaN, in any dtype at any temperature (see
+    :func:`_divide_by_temperature`).
     """
     temperature, top_k, top_p, min_p = _check_settings(temperature, top_k, top_p, min_p)
     _check_logits(logits)
@@ -403,5 +454,5 @@ def nucleus_size(logits: torch.Tensor, top_p: float, temperature: float = 1.0) -
     _check_logits(logits)
     if temperature == 0.0:
         return torch.ones(logits.shape[:-1], dtype=torch.long, device=logits.device)
-    x = logits / temperature if temperature != 1.0 else logits
+    x = _divide_by_temperature(logits, temperature) if temperature != 1.0 else logits
     return (TopP(top_p)(x) > NEG_INF).sum(dim=-1)
