@@ -22,6 +22,7 @@ from llmbook.sampling import (
     entropy,
     nucleus_size,
     probabilities,
+    row_generators,
     sample,
     temperature_softmax,
 )
@@ -167,8 +168,9 @@ def test_probabilities_and_sample_are_finite_for_finite_logits(logits, temperatu
     chained = apply_processors(logits, build_processors(temperature, top_k, top_p, min_p))
     assert not torch.isnan(chained).any() and bool(torch.isfinite(chained.amax(-1)).all())
     assert torch.equal(chained.softmax(-1), probs)
-    token = sample(logits, **kwargs, generator=torch.Generator().manual_seed(0))
-    assert bool((probs.gather(-1, token[:, None]) > 0).all()), f"drew a token of probability 0: {token}"
+    for generator in (torch.Generator().manual_seed(0), row_generators(1, logits.shape[0])):
+        token = sample(logits, **kwargs, generator=generator)
+        assert bool((probs.gather(-1, token[:, None]) > 0).all()), f"drew a token of probability 0: {token}"
     kept = nucleus_size(logits, top_p or 0.9, temperature)
     assert bool(((kept >= 1) & (kept <= logits.shape[-1])).all())
 
