@@ -1,4 +1,5 @@
-"""sample(): greedy at T = 0, seeded reproducibility, frequencies that match probabilities(),
+"""sample() and draw(): greedy at T = 0, seeded reproducibility, frequencies that match
+probabilities(), inverse-CDF draws that do not depend on the rest of the batch, per-row seeds,
 argument validation, and the CUDA path."""
 
 import math
@@ -13,10 +14,14 @@ from llmbook.sampling import (
     TopP,
     apply_processors,
     build_processors,
+    draw,
     nucleus_size,
     probabilities,
+    row_generators,
+    row_seeds,
     sample,
 )
+from llmbook.sampling import _draw
 
 
 def chi_square_critical(df: int, z: float = 3.719) -> float:
@@ -78,6 +83,73 @@ def test_seeded_sampling_reproduces():
         assert a.dtype == torch.long and a.shape == (16,)
 
 
+def inverse_cdf(probs: torch.Tensor, u: float) -> int:
+    """The definition sample() implements, written out for one row: the first token (in
+    vocabulary order) whose cumulative probability exceeds u times the total."""
+    cdf = probs.double().cumsum(-1)
+    return int(torch.searchsorted(cdf, torch.tensor([u * cdf[-1].item()], dtype=torch.float64), right=True))
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(temperature=0.7, top_k=40), dict(top_p=0.9), dict(min_p=0.05, temperature=1.3)])
+def test_sample_is_the_inverse_cdf_of_probabilities(settings):
+    logits = torch.randn(3, 5000, generator=torch.Generator().manual_seed(2)) * 3
+    probs = probabilities(logits, **settings)
+    # A list of generators: row i takes the next uniform of generator i.
+    tokens = sample(logits, **settings, generator=row_generators([10, 11, 12], 3))
+    for i, seed in enumerate([10, 11, 12]):
+        u = torch.rand(1, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).item()
+        assert tokens[i].item() == inverse_cdf(probs[i], u)
+    # One generator: the rows take its next numbers in row order.
+    tokens = sample(logits, **settings, generator=torch.Generator().manual_seed(4))
+    u = torch.rand(3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    assert tokens.tolist() == [inverse_cdf(probs[i], u[i].item()) for i in range(3)]
+    assert torch.equal(draw(probs, generator=torch.Generator().manual_seed(4)), tokens)
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(top_p=0.9), dict(top_k=20), dict(min_p=0.1), dict(temperature=0.8, top_k=50, top_p=0.95, min_p=0.02)])
+def test_a_rows_draw_does_not_depend_on_the_other_rows(settings):
+    # Row 0 is peaked (a small nucleus), the others flat (a nucleus of thousands of tokens):
+    # the old sampler chose its code path for the whole batch from the largest nucleus, so row
+    # 0 drew differently alone and in this batch from the same generator state.
+    vocab = 8000
+    peaked = torch.randn(vocab, generator=torch.Generator().manual_seed(0)) * 4
+    flat = torch.randn(4, vocab, generator=torch.Generator().manual_seed(1)) * 0.1
+    for seed in range(60):
+        alone = sample(peaked, **settings, generator=row_generators([seed], 1))
+        batch = sample(torch.cat([peaked[None], flat]), **settings, generator=row_generators(seed, 5))
+        assert batch[0].item() == alone.item(), f"seed {seed}"
+        # Any row, given its own seed, draws what it draws in the batch.
+        seeds = row_seeds(seed, 5)
+        assert sample(flat[2], **settings, generator=row_generators([seeds[3]], 1)).item() == batch[3].item()
+
+
+def test_draw_never_lands_on_a_zero_probability_token():
+    # u * total can round up to total; the draw must still end on a token with probability > 0.
+    probs = torch.tensor([[0.25, 0.75, 0.0, 0.0], [0.0, 0.5, 0.0, 0.5]], dtype=torch.float64)
+    top = torch.nextafter(torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64))
+    assert _draw(probs, torch.stack([top, top])).tolist() == [1, 3]
+    assert _draw(probs, torch.tensor([1.0, 1.0], dtype=torch.float64)).tolist() == [1, 3]  # even u = 1
+    assert _draw(probs, torch.zeros(2, dtype=torch.float64)).tolist() == [0, 1]
+    assert _draw(probs, torch.tensor([0.25, 0.5], dtype=torch.float64)).tolist() == [1, 3]  # at a boundary: the next token
+
+
+def test_row_seeds():
+    seeds = row_seeds(123, 64)
+    assert seeds[0] == 123 and len(set(seeds)) == 64
+    assert row_seeds(123, 5) == seeds[:5]  # a row's seed does not depend on the batch size
+    assert all(0 <= s < 2**32 for s in seeds[1:])  # torch's CPU generator reads 32 bits of a seed
+    # Runs seeded 0 and 1 (or batches seeded seed + b) share no row seed, unlike seed + row would.
+    assert not set(row_seeds(0, 64)) & set(row_seeds(1, 64))
+    assert row_seeds(2**64 - 1, 2)[0] == 2**64 - 1 and row_seeds(7, 0) == []
+
+
+def test_identical_rows_with_one_int_seed_draw_differently():
+    logits = torch.randn(1000, generator=torch.Generator().manual_seed(0)).expand(64, 1000)
+    tokens = sample(logits, generator=row_generators(5, 64))
+    assert len(set(tokens.tolist())) > 20
+    assert torch.equal(tokens, sample(logits, generator=row_generators(5, 64)))
+
+
 def test_temperature_zero_is_greedy_with_first_index_on_ties():
     logits = torch.tensor([[1.0, 5.0, 5.0, 2.0], [7.0, 0.0, 7.0, 7.0]])
     assert sample(logits, temperature=0.0).tolist() == [1, 0]
@@ -117,6 +189,17 @@ def test_build_processors_order_and_no_ops():
         (lambda: sample(torch.zeros(4), top_k=0), "top_k"),
         (lambda: sample(torch.zeros(4), min_p=2.0), "min_p"),
         (lambda: sample(torch.zeros(4), generator=123), "generator"),
+        (lambda: sample(torch.zeros(2, 4), generator=[torch.Generator()]), "generator"),
+        (lambda: sample(torch.zeros(4), generator=[None]), "generator"),
+        (lambda: draw(torch.tensor([0.5, -0.5])), "probs"),
+        (lambda: draw(torch.tensor([0.0, 0.0])), "probs"),
+        (lambda: draw(torch.tensor([1, 0])), "probs"),
+        (lambda: draw(torch.tensor([0.5, 0.5]), generator="seed"), "generator"),
+        (lambda: row_generators(-1, 2), "seed"),
+        (lambda: row_generators(2**64, 2), "seed"),
+        (lambda: row_generators([1, 2], 3), "seed"),
+        (lambda: row_generators([1, True], 2), "seed"),
+        (lambda: row_seeds(1, -1), "rows"),
         (lambda: probabilities(torch.zeros(4), top_p=-0.5), "top_p"),
         (lambda: nucleus_size(torch.zeros(4), 1.5), "top_p"),
         (lambda: apply_processors(torch.zeros(4), ["not callable"]), "processors"),

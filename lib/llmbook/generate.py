@@ -6,9 +6,12 @@ share a batch by left padding: the model masks the padding and counts positions 
 tokens only, so each row generates what it would alone.
 
 Each step turns the last logits into a distribution with ``llmbook.sampling`` (temperature,
-top-k, top-p, min-p) and draws from it with a seeded ``torch.Generator``: the same seed gives
-the same text. The result keeps the probability of every chosen token, and optionally the
-whole processed distribution of the first steps, for plotting.
+top-k, top-p, min-p) and draws from it by inverse CDF, one uniform number per row from that
+row's own seeded ``torch.Generator``: the same seed gives the same text, and a row's tokens
+depend only on its prompt and its seed, not on the other prompts of the batch (row 0 of a
+batch seeded ``s`` is the prompt alone with seed ``s``). The result keeps the probability of
+every chosen token, and optionally the whole processed distribution of the first steps, for
+plotting.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from llmbook.model import CausalLM
-from llmbook.sampling import probabilities, sample
+from llmbook.sampling import draw, probabilities, row_generators
 from llmbook.tokenizer import Tokenizer
 
 __all__ = ["GenerationResult", "generate", "generate_ids", "next_token_logits"]
@@ -95,8 +98,8 @@ def generate_ids(
     top_k: int | None = None,
     top_p: float | None = None,
     min_p: float | None = None,
-    seed: int | None = 0,
-    generator: torch.Generator | None = None,
+    seed: int | Sequence[int] | None = 0,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     eos_token_ids: Sequence[int] | int | None = None,
     record_distributions: int = 0,
     on_step: StepHook | None = None,
@@ -104,7 +107,21 @@ def generate_ids(
 ) -> GenerationResult:
     """Generate from token-id prompts (a list of lists); the loop behind :func:`generate`.
 
-    ``seed`` seeds a fresh generator on the model's device (ignored when ``generator`` is given).
+    Randomness (temperature > 0; greedy uses none). Each row draws one uniform number per step
+    from its own CPU generator and turns it into a token by inverse CDF over its own
+    distribution, so a row's tokens are a function of its prompt and its generator alone:
+
+    - ``seed`` an int: row i's generator is seeded ``row_seeds(seed, batch)[i]`` (row 0 gets
+      ``seed`` itself, the others SplitMix64 mixes of it). Copies of one prompt in a batch
+      therefore draw different samples, and row 0 draws what the prompt alone draws.
+    - ``seed`` a list of ints, one per prompt: used as they are; ``seed=[s]`` reproduces alone
+      any row that had seed ``s``.
+    - ``seed=None``: torch's global CPU generator (seed it with ``torch.manual_seed``).
+    - ``generator`` (``seed`` is then ignored): a list of one ``torch.Generator`` per prompt,
+      with the same per-row promise, or a single generator, whose next ``batch`` numbers go
+      to the rows in order at each step: the whole batch reproduces from the generator's
+      state, but a row's tokens depend on its position and on the batch size.
+
     Rows stop at any of ``eos_token_ids`` or after ``max_new_tokens``.
     ``suppress_token_ids``: ids never to sample (their logits are set to -inf before the sampler
     sees them, as transformers' ``suppress_tokens``); :func:`generate` passes the ids its
@@ -138,18 +155,30 @@ def generate_ids(
     for e in eos:
         if isinstance(e, bool) or not isinstance(e, int) or not 0 <= e < vocab:
             raise ValueError(f"eos_token_ids must be token ids in [0, {vocab - 1}], got {eos_token_ids!r}")
-    if generator is None:
-        if seed is not None:
-            _check_int("seed", seed, 0)
-            generator = torch.Generator(device=model.device).manual_seed(seed)
-    elif not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    batch = len(prompts)
+    generators: torch.Generator | list[torch.Generator] | None
+    if generator is not None:
+        if isinstance(generator, torch.Generator):
+            generators = generator
+        elif isinstance(generator, Sequence) and len(generator) == batch and all(
+                isinstance(g, torch.Generator) for g in generator):
+            generators = list(generator)
+        else:
+            got = f"a list of {len(generator)}" if isinstance(generator, (list, tuple)) else type(generator).__name__
+            raise ValueError(f"generator must be a torch.Generator, a list of one per prompt ({batch}) or None, got {got}")
+    elif seed is None:
+        generators = None
+    elif isinstance(seed, Sequence) and not isinstance(seed, (str, bytes)):
+        if len(seed) != batch:
+            raise ValueError(f"seed must be an int or a list of one int per prompt ({batch}), got {len(seed)} seeds")
+        generators = row_generators(list(seed), batch)
+    else:
+        generators = row_generators(seed, batch)
     suppressed = _suppress_mask(suppress_token_ids, vocab, model.device)
     settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     # Validate the sampler settings now, not after an expensive prefill.
     probabilities(torch.zeros(1, 2), **settings)
 
-    batch = len(prompts)
     device = model.device
     result = GenerationResult(prompt_ids=prompts, tokens=[[] for _ in prompts],
                               token_probs=[[] for _ in prompts], finish_reasons=[FINISH_LENGTH] * batch)
@@ -179,8 +208,9 @@ def generate_ids(
         scores = logits.float()  # sample in float32 whatever the model's dtype
         if suppressed is not None:
             scores = scores.masked_fill(suppressed, float("-inf"))
-        token = sample(scores, generator=generator, **settings)  # (B,)
-        probs = probabilities(scores, **settings)  # (B, V): the distribution `token` was drawn from
+        probs = probabilities(scores, **settings)  # (B, V): the distribution `token` is drawn from
+        # Greedy is the argmax (first index on ties), the one token of the one-hot probs.
+        token = scores.argmax(dim=-1) if temperature == 0 else draw(probs, generator=generators)  # (B,)
         chosen[:, step] = token
         chosen_p[:, step] = probs.gather(1, token[:, None])[:, 0]
         if step < record_distributions:

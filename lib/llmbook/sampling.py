@@ -5,6 +5,20 @@ Top-k, top-p (nucleus) and min-p then cut the tail of that distribution. Each st
 *logits processor*, a callable ``logits (..., vocab) -> logits`` that sets filtered-out
 entries to -inf, so they compose: ``apply_processors(logits, build_processors(...))``.
 :func:`probabilities` and :func:`sample` run the same chain (fused, with identical results).
+
+Numerics. Every function computes exactly what transformers' warpers compute (bit for bit,
+tests/test_sampling_parity.py) as long as that is finite. Where ``logits / temperature``
+would overflow its dtype (a tiny temperature; float16 saturates at 65504) the affected row
+is shifted by its maximum before dividing (:func:`_divide_by_temperature`), which gives the
+same distribution without inf - inf = NaN. So for finite logits of any float dtype and any
+temperature the API accepts, no function returns NaN.
+
+Drawing. :func:`sample` (and :func:`draw`) pick a token by inverse CDF: one uniform number
+per row, located in the cumulative sum of the row's probabilities taken in vocabulary order.
+A row's token therefore depends only on its own distribution and its own uniform, never on
+the other rows of the batch; with one generator per row (:func:`row_generators`) each row
+draws what it would draw alone. Chapter 1 (temperature) and chapter 2 (top-p) explain the
+mechanisms.
 """
 
 from __future__ import annotations
@@ -41,18 +55,53 @@ def _check_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def _wide_dtype(device: torch.device) -> torch.dtype:
+    """The widest float dtype ``device`` computes in: float64, except on Apple's MPS (float32 only)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _divide_by_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits / temperature`` as a new tensor, with each row's maximum guaranteed finite.
+
+    The ordinary path is the plain division of transformers' ``TemperatureLogitsWarper``, so
+    results stay bit-identical to it. Only a row whose maximum that division leaves non-finite
+    takes the stable path: +inf when a small temperature pushes a logit past the dtype's range
+    (float16 logit 40000 at T = 0.5), -inf when all its finite logits are negative and
+    overflow, NaN when the temperature itself rounds to 0 or inf in the dtype (0 / 0,
+    -inf / inf). That row is computed as ``(z - max z) / T`` in float64 (exact T, no
+    overflow in the subtraction), then cast back: the top logit becomes exactly 0 and every
+    other one a finite negative number, or -inf when the gap leaves the dtype's range; its
+    softmax is then exactly 0 anyway, since a gap that large underflows ``exp``. Softmax does
+    not change under a shift, so this is the same distribution computed without overflow.
+    """
+    x = logits / temperature
+    if temperature == 1.0:
+        return x
+    # Over/underflow or NaN in a row shows in its maximum (amax propagates NaN).
+    broken = ~torch.isfinite(x.amax(dim=-1))
+    if bool(broken.any()):
+        rows = logits[broken].to(_wide_dtype(logits.device))
+        gap = rows - rows.amax(dim=-1, keepdim=True)  # 0 at the max, < 0 elsewhere, -inf where masked
+        # Divide only finite negative gaps: 0 / T and -inf / T could give NaN if T rounds to 0 or inf.
+        stable = torch.where(torch.isfinite(gap) & (gap < 0), gap / temperature, gap)
+        x[broken] = stable.to(x.dtype)
+    return x
+
+
 def temperature_softmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Softmax of ``logits / temperature`` over the last dimension.
 
     ``temperature == 0`` returns the T -> 0 limit: all mass on the largest logit (shared
-    equally when several tie), which is what greedy decoding samples from.
+    equally when several tie), which is what greedy decoding samples from. A positive
+    temperature so small that ``logits / temperature`` overflows reaches that limit too,
+    without NaN (the row is shifted by its maximum first, see :func:`_divide_by_temperature`).
     """
     temperature = _check_temperature(temperature)
     logits = _check_logits(logits)
     if temperature == 0.0:
         is_max = logits == logits.max(dim=-1, keepdim=True).values
         return is_max.to(logits.dtype) / is_max.sum(dim=-1, keepdim=True).to(logits.dtype)
-    return torch.softmax(logits / temperature, dim=-1)
+    return torch.softmax(_divide_by_temperature(logits, temperature), dim=-1)
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -128,6 +177,11 @@ class Temperature:
 
     ``temperature == 0`` is the T -> 0 limit used for greedy decoding: every logit except
     the argmax (the first one on ties, like ``torch.argmax``) becomes -inf.
+
+    Bit-identical to transformers' ``TemperatureLogitsWarper`` wherever that is finite. Where
+    the division would overflow (float16, or a tiny temperature), the row is shifted by its
+    maximum first and comes out with maximum 0: the same softmax, where transformers' row
+    would hold inf and its softmax NaN.
     """
 
     def __init__(self, temperature: float) -> None:
@@ -139,7 +193,7 @@ class Temperature:
             keep = logits.argmax(dim=-1, keepdim=True)
             return torch.full_like(logits, NEG_INF).scatter_(-1, keep, logits.gather(-1, keep))
         # A division, not a multiplication by 1/T: the two differ in the last bit.
-        return logits / self.temperature
+        return _divide_by_temperature(logits, self.temperature)
 
     def __repr__(self) -> str:
         return f"Temperature({self.temperature})"
@@ -267,6 +321,8 @@ def apply_processors(logits: torch.Tensor, processors: Sequence[Processor]) -> t
 #  - the kept set is then "logit >= first kept value", a comparison instead of a scatter;
 #    only when equal logits straddle the cut does it need torch.sort's order of ties, and
 #    then it falls back to TopP itself so the split is exactly transformers'.
+# Every shortcut is taken for the whole batch, but each gives every row the same values it
+# would get alone, so a row's distribution never depends on the other rows.
 # --------------------------------------------------------------------------------------
 
 
@@ -283,19 +339,18 @@ def _filter(
     top_k: int | None,
     top_p: float | None,
     min_p: float | None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Masked logits (a new tensor) and, when known, indices that cover every kept token."""
+) -> torch.Tensor:
+    """The masked logits (a new tensor): temperature, then top-k, top-p and min-p."""
     vocab = logits.shape[-1]
-    x = logits / temperature if temperature != 1.0 else logits.clone()
-    candidates = None  # (..., k) indices containing every surviving token, if cheaply known
-    topk_values = None  # their logits sorted descending, if they are exactly the survivors
+    x = _divide_by_temperature(logits, temperature) if temperature != 1.0 else logits.clone()
+    topk_values = None  # the survivors' logits sorted descending, if top-k kept exactly k
     if top_k is not None and top_k < vocab:
-        topk_values, candidates = torch.topk(x, top_k, dim=-1)
+        topk_values = torch.topk(x, top_k, dim=-1).values
         to_remove = x < topk_values[..., -1:]
         x.masked_fill_(to_remove, NEG_INF)
         if bool((to_remove.sum(dim=-1) != vocab - top_k).any()):
             # Ties with the k-th value keep more than k tokens: topk's list is incomplete.
-            topk_values = candidates = None
+            topk_values = None
     if top_p is not None and top_p < 1.0:
         if topk_values is not None:
             # After top-k the ascending sort is (vocab - k) times -inf, then the k values.
@@ -317,7 +372,7 @@ def _filter(
         probs = x.softmax(dim=-1)
         # min_tokens_to_keep = 1 needs no topk: the top token never falls below min_p * itself.
         x.masked_fill_(probs < min_p * probs.amax(dim=-1, keepdim=True), NEG_INF)
-    return x, candidates
+    return x
 
 
 def _check_settings(
@@ -344,17 +399,152 @@ def probabilities(
     top_p: float | None = None,
     min_p: float | None = None,
 ) -> torch.Tensor:
-    """The distribution that :func:`sample` draws from, shape ``logits.shape``.
+    """The distribution that :func:`sample` draws from, shape and dtype of ``logits``.
 
-    Equal to ``softmax(apply_processors(logits, build_processors(...)))``. Temperature 0
-    gives the one-hot greedy distribution on the argmax (first index on ties).
+    Equal to ``softmax(apply_processors(logits, build_processors(...)))``, and bit-identical
+    to transformers' warpers followed by a softmax wherever those are finite. Temperature 0
+    gives the one-hot greedy distribution on the argmax (first index on ties). For finite
+    logits the result is never NaN, in any dtype at any temperature (see
+    :func:`_divide_by_temperature`). Each row is computed independently of the others.
     """
     temperature, top_k, top_p, min_p = _check_settings(temperature, top_k, top_p, min_p)
     _check_logits(logits)
     if temperature == 0.0:
         return _greedy_one_hot(logits)
-    filtered, _ = _filter(logits, temperature, top_k, top_p, min_p)
-    return filtered.softmax(dim=-1)
+    return _filter(logits, temperature, top_k, top_p, min_p).softmax(dim=-1)
+
+
+# --------------------------------------------------------------------------------------
+# Drawing: one uniform number per row, located in the row's cumulative distribution.
+# --------------------------------------------------------------------------------------
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+_SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed accepts [0, 2**64 - 1]
+_MASK64 = 2**64 - 1
+
+
+def _splitmix64(state: int) -> int:
+    """SplitMix64's output function (Steele, Lea & Flood 2014): a bijection on 64-bit ints
+    whose outputs for consecutive states look independent."""
+    z = state & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def _check_seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _SEED_MAX:
+        raise ValueError(f"seed must be an integer in [0, 2**64 - 1], got {seed!r}")
+    return seed
+
+
+def row_seeds(seed: int, rows: int) -> list[int]:
+    """The seed of each row's generator when a batch of ``rows`` is sampled with one int ``seed``.
+
+    Row 0 gets ``seed`` itself, so a prompt alone and the first row of any batch draw the same
+    tokens. Row i >= 1 gets the i-th output of SplitMix64 started at ``seed`` (its top 32 bits):
+    not ``seed + i``, because then the runs seed=0 and seed=1 of a batch would share all but
+    one row's random numbers, and so would consecutive batches seeded ``seed + b``. The top 32
+    bits because torch's CPU generator only uses the low 32 bits of a seed (mt19937), and
+    SplitMix64's bits are all well mixed. ``seed=[row_seeds(s, n)[i]]`` reproduces row i alone.
+    """
+    _check_seed(seed)
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+        raise ValueError(f"rows must be an integer >= 0, got {rows!r}")
+    golden = 0x9E3779B97F4A7C15  # SplitMix64's increment: 2**64 / golden ratio, odd
+    return [seed if i == 0 else _splitmix64(seed + i * golden) >> 32 for i in range(rows)]
+
+
+def row_generators(seed: int | Sequence[int], rows: int) -> list[torch.Generator]:
+    """One seeded CPU ``torch.Generator`` per row, for ``sample(..., generator=...)``.
+
+    ``seed`` is an int (seeds from :func:`row_seeds`: rows differ, row 0 uses ``seed``) or a
+    list of ``rows`` ints, one per row, used as they are. The generators live on the CPU on
+    purpose: a row draws one number per step, so moving it costs nothing, and the same seed
+    then gives the same numbers on every device.
+    """
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != rows:
+            raise ValueError(f"seed must have one entry per row ({rows}), got {len(seed)}")
+        seeds = [_check_seed(s) for s in seed]
+    else:
+        seeds = row_seeds(_check_seed(seed), rows)
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def _check_generator(generator: object, rows: int) -> Generators:
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != rows:
+            raise ValueError(f"generator must be one torch.Generator or a list of one per row ({rows}), "
+                             f"got a list of {len(generator)}")
+        for g in generator:
+            if not isinstance(g, torch.Generator):
+                raise ValueError(f"generator list entries must be torch.Generator, got {type(g).__name__}")
+        return generator
+    raise ValueError(f"generator must be a torch.Generator, a list of them (one per row) or None, "
+                     f"got {type(generator).__name__}")
+
+
+def _uniforms(rows: int, generator: Generators, device: torch.device) -> torch.Tensor:
+    """One uniform number in [0, 1) per row, on ``device`` in its wide dtype.
+
+    A list of generators gives row i the next number of ``generator[i]``; a single generator
+    gives the rows its next ``rows`` numbers in order; None uses torch's global CPU generator.
+    Numbers are drawn on each generator's own device and then moved.
+    """
+    wide = _wide_dtype(device)
+    if generator is None:
+        u = torch.rand(rows, dtype=torch.float64)
+    elif isinstance(generator, torch.Generator):
+        u = torch.rand(rows, generator=generator, dtype=_wide_dtype(generator.device), device=generator.device)
+    else:
+        parts = [torch.rand(1, generator=g, dtype=_wide_dtype(g.device), device=g.device) for g in generator]
+        if all(g.device.type == "cpu" for g in generator):
+            # Join on the CPU first: one transfer per step instead of one per row.
+            u = torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64)
+        else:
+            u = torch.cat([x.to(device, wide) for x in parts])
+    return u.to(device=device, dtype=wide)
+
+
+def _draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse CDF: for each row of ``probs`` (rows, vocab), the first token whose cumulative
+    probability exceeds ``u * total``. The cumulative sum runs in vocabulary order over the
+    whole row, so the token depends on the row's probabilities and ``u`` alone (on the CPU
+    bit for bit: torch's CPU cumsum is a sequential loop); it always has probability > 0."""
+    cdf = probs.cumsum(dim=-1, dtype=u.dtype)
+    total = cdf[:, -1:]
+    # u < 1, but u * total can round up to total; stay strictly below so the search lands
+    # on a step of the CDF, that is on a token with positive probability.
+    target = torch.minimum(u[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True)[:, 0]
+
+
+def draw(probs: torch.Tensor, *, generator: Generators = None) -> torch.Tensor:
+    """Draw one token id per row of ``probs`` (..., vocab), a (not necessarily normalized)
+    distribution such as :func:`probabilities` returns; a LongTensor of shape ``probs.shape[:-1]``.
+
+    Inverse CDF from one uniform number per row: ``generator`` is None (torch's global CPU
+    generator), one ``torch.Generator`` (its next numbers, one per row in row order: the
+    batch reproduces, but a row's draw depends on its position), or a list with one generator
+    per row (row i uses only ``generator[i]``, so it draws what it would alone). Generators
+    may live on any device.
+    """
+    if not isinstance(probs, torch.Tensor) or not probs.is_floating_point():
+        raise ValueError("probs must be a floating-point torch.Tensor")
+    if probs.ndim == 0 or probs.shape[-1] == 0:
+        raise ValueError(f"probs must have a non-empty last (vocabulary) dimension, got shape {tuple(probs.shape)}")
+    if not bool(torch.isfinite(probs).all()) or bool((probs < 0).any()):
+        raise ValueError("probs must be finite and non-negative")
+    flat = probs.reshape(-1, probs.shape[-1])
+    if bool((flat.sum(dim=-1) <= 0).any()):
+        raise ValueError("every row of probs needs a positive total probability")
+    generator = _check_generator(generator, flat.shape[0])
+    u = _uniforms(flat.shape[0], generator, probs.device)
+    return _draw(flat, u).reshape(probs.shape[:-1])
 
 
 def sample(
@@ -364,36 +554,26 @@ def sample(
     top_k: int | None = None,
     top_p: float | None = None,
     min_p: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """Draw one token id per row of ``logits`` (..., vocab); returns a LongTensor of shape ``logits.shape[:-1]``.
 
-    Temperature 0 is greedy (argmax), as in the OpenAI API. Otherwise one
-    ``torch.multinomial`` draw from :func:`probabilities`, using ``generator`` (on the
-    logits' device) when given, so seeded runs reproduce.
+    Temperature 0 is greedy (argmax, first index on ties), as in the OpenAI API, and uses no
+    random number. Otherwise ``draw(probabilities(logits, ...), generator=generator)``: an
+    inverse-CDF draw from exactly the distribution :func:`probabilities` returns. ``generator``
+    is None, one ``torch.Generator`` (one number per row, in row order) or a list of one per
+    row (see :func:`draw`); with a list, e.g. ``row_generators(seed, rows)``, each row's token
+    depends only on its own logits and its own generator.
     """
     temperature, top_k, top_p, min_p = _check_settings(temperature, top_k, top_p, min_p)
     _check_logits(logits)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    vocab = logits.shape[-1]
+    rows = logits.numel() // vocab
+    generator = _check_generator(generator, rows)
     if temperature == 0.0:
         return logits.argmax(dim=-1)
-    batch_shape = logits.shape[:-1]
-    vocab = logits.shape[-1]
-    filtered, candidates = _filter(logits.reshape(-1, vocab), temperature, top_k, top_p, min_p)
-    if candidates is None:
-        # Drawing over the whole vocabulary costs one random number per token; when few
-        # tokens survive, draw over the survivors only (the largest ones, found by topk).
-        n_kept = int((filtered > NEG_INF).sum(dim=-1).max())
-        if n_kept * 8 <= vocab:
-            candidates = torch.topk(filtered, n_kept, dim=-1).indices
-    if candidates is None:
-        choice = torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator)
-    else:
-        # Same distribution as probabilities(): filtered-out candidates get probability 0.
-        probs = filtered.gather(-1, candidates).softmax(dim=-1)
-        choice = candidates.gather(-1, torch.multinomial(probs, 1, generator=generator))
-    return choice.reshape(batch_shape)
+    probs = _filter(logits.reshape(rows, vocab), temperature, top_k, top_p, min_p).softmax(dim=-1)
+    return _draw(probs, _uniforms(rows, generator, logits.device)).reshape(logits.shape[:-1])
 
 
 def nucleus_size(logits: torch.Tensor, top_p: float, temperature: float = 1.0) -> torch.Tensor:
@@ -403,5 +583,5 @@ def nucleus_size(logits: torch.Tensor, top_p: float, temperature: float = 1.0) -
     _check_logits(logits)
     if temperature == 0.0:
         return torch.ones(logits.shape[:-1], dtype=torch.long, device=logits.device)
-    x = logits / temperature if temperature != 1.0 else logits
+    x = _divide_by_temperature(logits, temperature) if temperature != 1.0 else logits
     return (TopP(top_p)(x) > NEG_INF).sum(dim=-1)
