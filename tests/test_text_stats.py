@@ -71,3 +71,37 @@ def test_rate_with_se_bad_input():
         rate_with_se([3], [2])
     with pytest.raises(ValueError, match="totals"):
         rate_with_se([0], [-1])
+
+
+def test_repeated_ngram_count_agrees_with_the_share():
+    from llmbook.text_stats import repeated_ngram_count, repeated_ngram_share
+
+    loop = [1, 2, 3] * 4
+    assert repeated_ngram_count(loop, 4) == (6, 9)
+    assert repeated_ngram_share(loop, 4) == 6 / 9
+    assert repeated_ngram_count([1, 2], 4) == (0, 0)
+
+
+def test_mean_with_se_matches_rate_with_se_for_equal_totals_and_allows_negatives():
+    from llmbook.text_stats import mean_with_se, rate_with_se
+
+    hits, k = [4, 0, 2, 3, 1], 4
+    mean, se = mean_with_se([h / k for h in hits])
+    rate, rate_se = rate_with_se(hits, [k] * len(hits))
+    assert mean == pytest.approx(rate) and se == pytest.approx(rate_se)
+    assert mean_with_se([1.0, -1.0])[0] == 0.0
+    assert math.isnan(mean_with_se([0.5])[1])
+    with pytest.raises(ValueError, match="values"):
+        mean_with_se([])
+
+
+def test_zero_count_upper_bound_is_exact_and_near_the_rule_of_three():
+    from llmbook.text_stats import zero_count_upper_bound
+
+    bound = zero_count_upper_bound(251)
+    assert (1 - bound) ** 251 == pytest.approx(0.05)
+    assert bound == pytest.approx(3 / 251, rel=0.01)
+    with pytest.raises(ValueError, match="n must be"):
+        zero_count_upper_bound(0)
+    with pytest.raises(ValueError, match="confidence"):
+        zero_count_upper_bound(10, 1.0)

@@ -8,7 +8,11 @@ numbers they use:
 - :func:`nats_per_token`: the mean surprisal of the sampled tokens under the distribution they
   were drawn from, an estimate of the sampler's entropy per step (its "diversity");
 - :func:`rate_with_se`: a rate pooled over documents with a standard error that treats each
-  document as one unit, since the statements of one text are not independent of each other.
+  document as one unit, since the statements of one text are not independent of each other;
+- :func:`mean_with_se`: a mean over independent units (e.g. per-question accuracies, paired
+  differences) with its standard error;
+- :func:`zero_count_upper_bound`: what a rate can still be when none of ``n`` events happened
+  (a standard error of 0 says nothing there).
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Sequence
 
-__all__ = ["distinct_ngrams", "repeated_ngram_share", "nats_per_token", "rate_with_se"]
+__all__ = ["distinct_ngrams", "repeated_ngram_count", "repeated_ngram_share", "nats_per_token", "rate_with_se",
+           "mean_with_se", "zero_count_upper_bound"]
 
 
 def _check_n(n: int) -> None:
@@ -46,6 +51,24 @@ def distinct_ngrams(texts: Sequence[Sequence[Hashable]], n: int = 2) -> float:
     return len(set(grams)) / len(grams) if grams else math.nan
 
 
+def repeated_ngram_count(tokens: Sequence[Hashable], n: int = 4) -> tuple[int, int]:
+    """``(repeated, total)``: how many of the ``n``-grams of ``tokens`` already occurred earlier
+    in the same sequence, and how many ``n``-grams it has (0 when it is shorter than ``n``).
+
+    The counts pool over texts with :func:`rate_with_se`.
+    """
+    _check_n(n)
+    _check_tokens(tokens, "tokens")
+    total = max(len(tokens) - n + 1, 0)
+    seen: set[tuple[Hashable, ...]] = set()
+    repeated = 0
+    for i in range(total):
+        gram = tuple(tokens[i : i + n])
+        repeated += gram in seen
+        seen.add(gram)
+    return repeated, total
+
+
 def repeated_ngram_share(tokens: Sequence[Hashable], n: int = 4) -> float:
     """Share of the ``n``-grams of ``tokens`` that already occurred earlier in the same sequence.
 
@@ -53,18 +76,8 @@ def repeated_ngram_share(tokens: Sequence[Hashable], n: int = 4) -> float:
     cycle of length L repeats every n-gram after its first L). ``nan`` when the sequence is
     shorter than ``n`` (it has no n-gram to judge).
     """
-    _check_n(n)
-    _check_tokens(tokens, "tokens")
-    total = len(tokens) - n + 1
-    if total <= 0:
-        return math.nan
-    seen: set[tuple[Hashable, ...]] = set()
-    repeated = 0
-    for i in range(total):
-        gram = tuple(tokens[i : i + n])
-        repeated += gram in seen
-        seen.add(gram)
-    return repeated / total
+    repeated, total = repeated_ngram_count(tokens, n)
+    return repeated / total if total else math.nan
 
 
 def nats_per_token(token_probs: Sequence[Sequence[float]]) -> float:
@@ -113,3 +126,34 @@ def rate_with_se(hits: Sequence[int], totals: Sequence[int]) -> tuple[float, flo
         return rate, math.nan
     residuals = sum((h - rate * t) ** 2 for h, t in zip(hits, totals))
     return rate, math.sqrt(residuals * m / (m - 1)) / judged
+
+
+def mean_with_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean of ``values`` (one per independent unit) and its standard error ``s / sqrt(m)``.
+
+    ``s`` is the sample standard deviation (m - 1 in the denominator). For per-unit rates with
+    equal totals this equals :func:`rate_with_se`; unlike a rate, the values may be negative
+    (paired differences). ``(mean, nan)`` for a single value.
+    """
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
+        raise ValueError("values must be a non-empty sequence of numbers")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
+        raise ValueError("values must hold finite numbers")
+    m = len(values)
+    mean = sum(values) / m
+    if m == 1:
+        return mean, math.nan
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (m - 1) / m)
+
+
+def zero_count_upper_bound(n: int, confidence: float = 0.95) -> float:
+    """Exact one-sided upper bound on a rate when 0 of ``n`` independent events happened.
+
+    The largest rate p with ``(1 - p) ** n >= 1 - confidence``: ``1 - (1 - confidence) ** (1 / n)``
+    (Clopper-Pearson; about 3 / n at 95%, the "rule of three").
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
+        raise ValueError(f"confidence must be a number in (0, 1), got {confidence!r}")
+    return 1.0 - (1.0 - confidence) ** (1.0 / n)
