@@ -1,7 +1,10 @@
 """The two shipped TinyWorld models: where they live, what reads them, and that they still know the world."""
 
+import hashlib
 import json
+import re
 import shutil
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -11,7 +14,7 @@ from llmbook.model import count_parameters
 from llmbook.train import get_preset
 from llmbook.world import RetrievalConfig, default_splits, evaluation_suites, sample_documents
 from llmbook.world.checkers import check_qa, check_react
-from llmbook.world.evaluate import complete, react_questions, react_with_tools
+from llmbook.world.evaluate import EvalSettings, check_targets, complete, react_questions, react_with_tools
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +74,26 @@ def test_main_model_keeps_its_measured_skills(models):
     products = react_questions(splits, seed=0, n=20)["product"]
     traces = react_with_tools(model, tok, [q["question"] for q in products], splits.kb)
     assert sum(check_react(t, splits.kb).answer_correct for t in traces) >= 18
+
+
+def test_evaluation_report_describes_the_shipped_weights():
+    """The model card reads lib/llmbook/assets/results/evaluation.json instead of evaluating while
+    the book builds; this fails when the report no longer describes the weights that ship."""
+    report = json.loads((ASSETS_DIR / "results" / "evaluation.json").read_text())
+    shipped = hashlib.sha256((ASSETS_DIR / "tinyworld-main" / "model.safetensors").read_bytes()).hexdigest()
+    assert report["model"] == "tinyworld-main" and report["draft_model"] == "tinyworld-draft"
+    assert report["weights_sha256"] == shipped, (
+        "stale report: rerun python -m llmbook.world.evaluate --model tinyworld-main --draft tinyworld-draft "
+        "--out lib/llmbook/assets/results/evaluation.json")
+    assert report["settings"] == asdict(EvalSettings())  # the model card's suites, not a smaller run
+    # Every rate behind a target is measured to within 3 points (one standard error), except
+    # where the world itself has fewer items than a suite asks for and every one was asked.
+    by_kind = report["qa"]["qa_seen"]["by_kind"]
+    for name, target in report["targets"].items():
+        kind = re.search(r", (\w+) questions", name)
+        whole_population = kind is not None and by_kind[kind.group(1)]["n"] == by_kind[kind.group(1)]["population"]
+        assert target.get("se", 0) <= 0.03 or whole_population, f"{name}: standard error {target['se']:.3f}"
+    assert check_targets(report) == report["targets"]  # the verdicts follow from the values
 
 
 def test_corrupt_or_missing_weights_name_the_file(tmp_path):

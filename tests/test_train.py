@@ -178,8 +178,16 @@ def test_resume_refuses_changed_config_and_missing_checkpoint(tmp_path, tokenize
         train(small_config(max_steps=10, lr=1e-2), corpus[0], tokenizer=tokenizer, out_dir=out, resume=True, device="cpu", progress=False)
     with pytest.raises(ValueError, match="no complete checkpoint"):
         train(small_config(), corpus[0], tokenizer=tokenizer, out_dir=tmp_path / "empty", resume=True, device="cpu", progress=False)
-    # Training longer from a finished run is allowed (max_steps may grow).
-    longer = train(small_config(max_steps=12, checkpoint_every=5), corpus[0], tokenizer=tokenizer, out_dir=out, resume=True,
+    # A finished cosine run cannot be extended: its decay would jump back up at the next step...
+    with pytest.raises(ValueError, match="the schedule would give"):
+        train(small_config(max_steps=12, checkpoint_every=5), corpus[0], tokenizer=tokenizer, out_dir=out, resume=True,
+              device="cpu", progress=False)
+    # ...a WSD run can, from a checkpoint in its stable phase, where a longer run took the same steps.
+    wsd = tmp_path / "wsd"
+    options = dict(checkpoint_every=5, keep_checkpoints=5, warmup_steps=2, schedule="wsd")
+    train(small_config(max_steps=10, **options), corpus[0], tokenizer=tokenizer, out_dir=wsd, device="cpu", progress=False)
+    shutil.rmtree(wsd / "checkpoints" / "step-000010")  # that one is inside the cool-down
+    longer = train(small_config(max_steps=12, **options), corpus[0], tokenizer=tokenizer, out_dir=wsd, resume=True,
                    device="cpu", progress=False)
     assert [h["step"] for h in longer.history][-3:] == [10, 11, 12]
 
@@ -196,6 +204,24 @@ def test_lr_schedule_shape():
     assert lrs[60] == pytest.approx(1e-4 + 0.5 * 9e-4)  # cosine half-way point is the mid value
     with pytest.raises(ValueError, match=r"step must be an integer \[0, 110\]"):
         lr_at(111, c)
+
+
+def test_wsd_schedule_holds_then_cools_down_by_one_minus_sqrt():
+    c = TrainConfig(model="tiny-test", lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=111,
+                    schedule="wsd", decay_fraction=0.2)
+    lrs = [lr_at(s, c) for s in range(111)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)  # the same warm-up
+    decay_start = 111 - round(0.2 * 111)  # 89
+    assert all(lr == pytest.approx(1e-3) for lr in lrs[9:decay_start + 1])  # stable
+    assert lrs[decay_start + 1] < 1e-3 and lrs[-1] == pytest.approx(1e-4)  # cools down to min_lr
+    assert all(a >= b for a, b in zip(lrs[decay_start:], lrs[decay_start + 1:]))
+    quarter = decay_start + (110 - decay_start) // 4  # progress 1/4: 1 - sqrt(1/4) = 1/2 of the way
+    progress = (quarter - decay_start) / (110 - decay_start)
+    assert lrs[quarter] == pytest.approx(1e-4 + 9e-4 * (1 - math.sqrt(progress)))
+    for bad, match in ((dict(schedule="linear"), "schedule must be one of"),
+                       (dict(decay_fraction=0.0), "decay_fraction must be a number in")):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(model="tiny-test", **bad)
 
 
 def test_no_weight_decay_on_norms_biases_embeddings():
@@ -302,6 +328,36 @@ def test_packed_dataset_loss_mask_follows_targets():
     assert m[0].tolist() == [False, False, True, True, False, False, True, True]
     with pytest.raises(ValueError, match=r"loss_masks\[1\]"):
         PackedDataset(docs, 8, loss_masks=[[0] * 5, [0] * 3])
+
+
+def test_packed_dataset_documents_are_never_cut():
+    rng = random.Random(0)
+    docs = [[1] + [rng.randrange(3, 50) for _ in range(rng.randrange(1, 14))] + [2] for _ in range(200)]
+    ds = PackedDataset(docs, seq_len=63, seed=1, pack="documents", pad_id=0)
+    seen = []
+    for i in range(len(ds)):
+        window, mask = ds.window(i)
+        assert window.shape == (64,) and mask.shape == (63,)
+        used = int(mask.sum()) + 1  # real tokens: the first is never a target, padding never is
+        assert (window[used:] == 0).all() and mask[:used - 1].all() and not mask[used - 1:].any()
+        # Split the window back into documents at each BOS: every one is a whole document.
+        starts = [j for j in range(used) if window[j] == 1] + [used]
+        assert starts[0] == 0
+        seen += [tuple(window[a:b].tolist()) for a, b in zip(starts, starts[1:])]
+    assert sorted(seen) == sorted(map(tuple, docs))  # each document exactly once, uncut
+    assert 0 <= ds.padding_fraction < 0.05  # best fit leaves little room
+    assert ds.padding_fraction == pytest.approx(1 - sum(map(len, docs)) / (64 * len(ds)))
+    x, y, m = ds.batch(3, 4)
+    assert x.shape == y.shape == m.shape == (4, 63) and torch.equal(x[:, 1:], y[:, :-1])
+    # A fine-tuning mask travels with its document.
+    masked = PackedDataset([[1, 5, 6, 2], [1, 7, 2]], 8, pack="documents", loss_masks=[[0, 0, 1, 1], [0, 1, 1]])
+    window, mask = masked.window(0)
+    assert window.tolist() == [1, 5, 6, 2, 1, 7, 2, 0, 0]
+    assert mask.tolist() == [False, True, True, False, True, True, False, False]
+    with pytest.raises(ValueError, match=r"documents\[1\] has 6 tokens, more than a window of seq_len \+ 1 = 5"):
+        PackedDataset([[1, 2], [1, 3, 3, 3, 3, 2]], 4, pack="documents")
+    with pytest.raises(ValueError, match="pack must be one of"):
+        PackedDataset(docs, 15, pack="random")
 
 
 def test_split_documents_is_seeded_and_disjoint():

@@ -39,6 +39,17 @@ def test_digits_are_single_tokens(tokenizer):
         assert pieces == list(number)
 
 
+def test_a_name_is_one_token_wherever_it_stands(tokenizer):
+    # At a line start and after a space: the same single id (the space is a token of its own).
+    from llmbook.world import default_splits
+
+    for name in default_splits(0).train_people[:20]:
+        (alone,) = tokenizer.encode(name)
+        assert tokenizer.encode(f"Where does {name} live?")[2:4] == [tokenizer.encode(" ")[0], alone]
+        assert alone in tokenizer.encode(f"lookup[{name}, town]")
+    assert tokenizer.encode("in the town of a")[-1] != tokenizer.encode(" ")[0]  # lower case keeps its space
+
+
 def test_training_is_deterministic(corpora, tokenizer):
     again = train_tokenizer(corpora[0])
     assert again.backend.to_str() == tokenizer.backend.to_str()
@@ -49,7 +60,7 @@ def test_compression_plateaus_near_the_chosen_size(corpora, tokenizer):
     chosen = chars_per_token(tokenizer, held_out)
     smaller = chars_per_token(train_tokenizer(train, VOCAB_SIZE // 4), held_out)
     larger = chars_per_token(train_tokenizer(train, VOCAB_SIZE * 2), held_out)
-    assert chosen > 3.0, "most words and names should be single tokens"
+    assert chosen > 2.6, "most words and names should be single tokens"
     assert chosen > smaller * 1.2, "a quarter of the vocabulary compresses clearly worse"
     assert larger == pytest.approx(chosen), "BPE saturates below the cap: every word is already one token"
 

@@ -20,6 +20,7 @@ from llmbook.world import (
     grammatical_error_rate,
     hallucination_rate,
     render_fact,
+    scratchpad_lines,
     split_statements,
 )
 from llmbook.world.grammar import matching_templates
@@ -135,6 +136,11 @@ def test_react_checker_reruns_tools_and_grades_answers(world):
 def test_arithmetic_checker_grades_answer_and_each_step():
     text = "Compute 47 * 36 step by step.\n47 * 6 = 282\n47 * 30 = 1410\n282 + 1410 = 1692\nAnswer: 1692"
     assert check_arithmetic(text).answer_correct and check_arithmetic(text).steps_correct
+    assert not check_arithmetic(text).steps_canonical  # right, but not the digit-by-digit steps
+    canonical = "\n".join(["Compute 47 * 36 step by step.", *scratchpad_lines(47, "*", 36), "Answer: 1692"])
+    assert check_arithmetic(canonical).steps_canonical and check_arithmetic(canonical).steps_correct
+    bad_digit = canonical.replace("4 * 6 + 4 = 28, write 8, carry 2", "4 * 6 + 4 = 28, write 8, carry 1")
+    assert not check_arithmetic(bad_digit).steps_correct and "carry 1" in check_arithmetic(bad_digit).errors[0]
     wrong_step = text.replace("47 * 30 = 1410", "47 * 30 = 1400")
     result = check_arithmetic(wrong_step)
     assert result.answer_correct and not result.steps_correct and "1400" in result.errors[0]

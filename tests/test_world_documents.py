@@ -54,7 +54,13 @@ def test_react_observations_are_real_tool_outputs(world):
 def test_arithmetic_has_both_forms_and_long_multiplication(world):
     docs = world.sample("arithmetic", seed=5, n=60)
     assert {d.meta["scratchpad"] for d in docs} == {True, False} and {d.meta["op"] for d in docs} == {"+", "*"}
-    assert scratchpad_lines(47, "*", 36) == ["47 * 6 = 282", "47 * 30 = 1410", "282 + 1410 = 1692"]
+    assert scratchpad_lines(47, "*", 36) == [
+        "7 * 6 + 0 = 42, write 2, carry 4", "4 * 6 + 4 = 28, write 8, carry 2", "47 * 6 = 282",
+        "7 * 3 + 0 = 21, write 1, carry 2", "4 * 3 + 2 = 14, write 4, carry 1", "47 * 30 = 1410",
+        "2 + 0 + 0 = 2, write 2, carry 0", "8 + 1 + 0 = 9, write 9, carry 0",
+        "2 + 4 + 0 = 6, write 6, carry 0", "0 + 1 + 0 = 1, write 1, carry 0", "282 + 1410 = 1692",
+    ]
+    assert scratchpad_lines(9, "*", 7) == ["9 * 7 + 0 = 63, write 3, carry 6", "9 * 7 = 63"]
     assert scratchpad_lines(95, "+", 7)[-1] == "9 + 0 + 1 = 10, write 0, carry 1"
     with pytest.raises(ValueError, match="op must be"):
         scratchpad_lines(1, "-", 2)
@@ -85,20 +91,26 @@ def test_true_next_token_distribution_maps_words_to_first_tokens_and_sums_to_one
     splits = default_splits(0)
     kb, name = splits.train_kb, splits.train_people[0]
     town = kb.get(name, "town")
-    assert true_next_token_distribution(f"{name} lives in", "fact", kb, tok) == {tok.encode(f" {town}")[0]: 1.0}
+    # A space before a capital is a token of its own, so after "lives in" comes the space, and
+    # after "lives in " the town, as one token.
+    space = tok.encode(" ")[0]
+    assert true_next_token_distribution(f"{name} lives in", "fact", kb, tok) == {space: 1.0}
+    assert true_next_token_distribution(f"{name} lives in ", "fact", kb, tok) == {tok.encode(town)[0]: 1.0}
+    assert tok.encode(f" {town}") == [space, tok.encode(town)[0]]
     # Where every next word is one token, the token distribution is the word distribution.
-    prefix = "Once upon a time, in the town of"
-    words = true_next_word_distribution(prefix, "story", kb)
+    prefix = "Once upon a time, in the town of "
+    words = true_next_word_distribution(prefix.rstrip(), "story", kb)
     tokens = true_next_token_distribution(prefix, "story", kb, tok)
     assert abs(sum(tokens.values()) - 1) < 1e-12
-    assert {tok.decode([t]): p for t, p in tokens.items()} == pytest.approx({f" {w}": p for w, p in words.items()})
+    assert {tok.decode([t]): p for t, p in tokens.items()} == pytest.approx(words)
     # Numbers are split into digits: after "is" the age starts with a lone space token.
     ages = true_next_token_distribution(f"{name} is", "fact", kb, tok)
-    assert tok.encode(" ")[0] in ages
+    assert space in ages
     # A finished one-fact document ends with EOS or goes on with a newline and another fact.
     after = true_next_token_distribution(f"{name} lives in {town}.", "fact", kb, tok)
     assert tok.eos_token_id in after and abs(sum(after.values()) - 1) < 1e-12
+    # Half a town name: every continuation joins the prefix's last token, so none can follow it.
     with pytest.raises(ValueError, match="token boundary"):
-        true_next_token_distribution(f"{name} lives in ", "fact", kb, tok)
+        true_next_token_distribution(f"{name} lives in {town[:2]}", "fact", kb, tok)
     with pytest.raises(ValueError, match="cannot be produced"):
         true_next_token_distribution("Zzz", "fact", kb, tok)

@@ -1,5 +1,6 @@
 """llmbook.world.evaluate: the likelihood bookkeeping, the tool loop, the report and the CLI."""
 
+import hashlib
 import json
 import math
 
@@ -7,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmbook.hub import load
+from llmbook.hub import ASSETS_DIR, load
 from llmbook.world import FAMILIES, default_splits
 from llmbook.world.checkers import run_action
+from llmbook.world.grammar import QUESTION_TEMPLATES
 from llmbook.world.evaluate import (
     TARGETS,
     EvalSettings,
@@ -119,26 +121,46 @@ def test_settings_validate(field, value):
 
 
 def test_check_targets_compares_in_the_right_direction():
-    report = {"entropy": {"all": {"gap": 0.2}}, "qa": {"qa_seen": {"accuracy": 0.97}}, "card": {"schema_ok_rate": 0.9},
-              "react": {"with_tools": {"target_set": {"well_formed_rate": 0.5, "accuracy": 0.95}}}}
+    report = {"entropy": {"all": {"gap": 0.2}, "qa": {"gap": 0.1}},
+              "qa": {"qa_seen": {"accuracy": 0.97, "accuracy_se": 0.01,
+                                 "by_kind": {"pet": {"accuracy": 0.6}, "town": {"accuracy": 0.99}}}},
+              "card": {"schema_ok_rate": 0.9},
+              "react": {"with_tools": {"target_set": {"well_formed_rate": 0.5, "accuracy": 0.95},
+                                       "lookup_subject_rate": 0.96}},
+              "arithmetic": {"scratchpad": {"accuracy": 0.45}, "scratchpad_gain": 0.15}}
     result = check_targets(report)
-    assert set(result) == set(TARGETS)
+    assert set(TARGETS) < set(result)
     met = {name: r["met"] for name, r in result.items()}
     assert met == {"entropy gap, all families (nats/token)": False, "fact QA on training facts (accuracy)": True,
                    "JSON cards at T=1 (valid JSON matching the schema)": True,
+                   "lookup[...] names the asked entity (tools in the loop)": True,
                    "ReAct traces well-formed (tools in the loop)": False,
-                   "ReAct correct with tools (held-out products and hidden facts)": True}
+                   "ReAct correct with tools (held-out products and hidden facts)": True,
+                   "arithmetic with the scratchpad (accuracy)": True,
+                   "scratchpad minus direct answers (accuracy points)": False,
+                   "entropy gap, qa (nats/token)": True,
+                   "fact QA on training facts, pet questions (accuracy)": False,
+                   "fact QA on training facts, town questions (accuracy)": True}
+    assert result["fact QA on training facts (accuracy)"]["se"] == 0.01
+    assert "se" not in result["JSON cards at T=1 (valid JSON matching the schema)"]
 
 
 def test_cli_writes_a_report_with_every_section_and_family(tmp_path):
     out = tmp_path / "report.json"
     main(["--model", "tinyworld-draft", "--draft", "tinyworld-draft", "--out", str(out), "--docs-per-family", "2",
-          "--n-per-suite", "2", "--n-react", "2", "--device", "cpu"])
+          "--n-per-suite", "2", "--n-react", "2", "--n-arithmetic", "2", "--device", "cpu"])
     report = json.loads(out.read_text())
     assert {"entropy", "qa", "card", "react", "arithmetic", "retrieval", "story", "draft", "targets"} <= set(report)
     assert set(FAMILIES) | {"all"} == set(report["entropy"])
     assert report["draft"]["top1_agreement"] == 1.0  # a model agrees with itself
     assert report["react"]["with_tools"]["target_set"]["n"] == 4
+    assert report["react"]["with_tools"]["lookup_subject_n"] == 4  # both lookup kinds, 2 each
+    assert report["react"]["with_tools"]["lookup_hidden_fact"]["lookup_subject_rate_se"] >= 0
+    assert set(report["qa"]["qa_seen"]["by_kind"]) == set(QUESTION_TEMPLATES)  # every kind, each on its own suite
+    assert all(r["n"] == 2 for r in report["qa"]["qa_seen"]["by_kind"].values())
+    assert report["qa"]["qa_seen"]["accuracy_se"] >= 0 and "by_kind" in report["qa"]["qa_seen"]
+    assert report["weights_sha256"] == hashlib.sha256(
+        (ASSETS_DIR / "tinyworld-draft" / "model.safetensors").read_bytes()).hexdigest()
 
 
 def test_cli_names_an_unknown_model(tmp_path):

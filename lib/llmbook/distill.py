@@ -35,7 +35,7 @@ from llmbook.device import pick_device, seed_everything
 from llmbook.hub import load
 from llmbook.model import CausalLM
 from llmbook.tokenizer import Tokenizer
-from llmbook.train import PRESETS, PackedDataset, build_model_config, encode_documents, get_preset, train
+from llmbook.train import PRESETS, PackedDataset, TrainConfig, build_model_config, encode_documents, get_preset, train
 from llmbook.world import build_corpus, default_splits
 from llmbook.world.evaluate import heldout_documents
 
@@ -67,12 +67,14 @@ def _windows(documents: Sequence[Sequence[int]], length: int) -> list[list[int]]
     return pieces
 
 
-def _packed(documents: list[list[int]], seq_len: int, seed: int, name: str, value: int) -> PackedDataset:
-    # Packed once and shared by every run: the same windows in the same order for all of them.
+def _packed(documents: list[list[int]], config: TrainConfig, pad_id: int | None, name: str, value: int) -> PackedDataset:
+    # Packed once and shared by every run: the same windows in the same order for all of them,
+    # packed the way the student's preset packs its pretraining data.
+    seq_len = config.seq_len
     tokens = sum(len(d) for d in documents)
     if tokens < seq_len + 1:
         raise ValueError(f"{name}={value} gives {tokens} tokens, fewer than one window of seq_len + 1 = {seq_len + 1}; raise it")
-    return PackedDataset(documents, seq_len, seed=seed)
+    return PackedDataset(documents, seq_len, seed=config.seed, pack=config.pack, pad_id=pad_id or 0)
 
 
 @torch.no_grad()
@@ -130,8 +132,10 @@ def run_distillation(teacher: CausalLM, tokenizer: Tokenizer, *, temperatures: S
     """Train one student per temperature on the teacher's soft targets (and one on hard labels); score them.
 
     Every run starts from the same initial weights (``seed``) and sees the same batches; only the
-    loss differs. The default 30,000 documents (~1.3 M tokens) are about one pass at 300 steps of
-    4 x 1024 tokens. Returns a JSON-ready dict: ``settings``, ``reference`` (the teacher's and the
+    loss differs. The student trains with its preset's batches, packing and schedule (only the
+    steps, warm-up and evaluation interval are scaled to the run); the default 30,000 documents
+    (~1.9 M tokens) are about twice what 300 steps of 8 x 384 tokens read on the CPU, so no window
+    is seen twice there (on CUDA the batches are 8x larger: several passes). Returns a JSON-ready dict: ``settings``, ``reference`` (the teacher's and the
     untrained student's scores) and ``runs`` (label -> scores, ``eval_history`` [[step, nats/token]]
     of train's packed held-out loss, ``wall_s`` with those evaluations, ``train_tokens_per_s`` the median step).
     """
@@ -162,9 +166,10 @@ def run_distillation(teacher: CausalLM, tokenizer: Tokenizer, *, temperatures: S
     config = get_preset(student, max_steps=steps, warmup_steps=steps // 10, eval_every=max(1, steps // 10),
                         seed=seed, distill_alpha=alpha)
     train_docs = encode_documents([d.text for d in build_corpus(seed, n_train_docs).documents], tokenizer)
-    train_set = _packed(train_docs, config.seq_len, seed, "n_train_docs", n_train_docs)
+    train_set = _packed(train_docs, config, tokenizer.pad_token_id, "n_train_docs", n_train_docs)
     heldout = [d.text for d in heldout_documents(default_splits(0), seed, n_eval_docs_per_family)]
-    eval_set = _packed(encode_documents(heldout, tokenizer), config.seq_len, seed, "n_eval_docs_per_family", n_eval_docs_per_family)
+    eval_set = _packed(encode_documents(heldout, tokenizer), config, tokenizer.pad_token_id, "n_eval_docs_per_family",
+                       n_eval_docs_per_family)
 
     specs: list[tuple[str, float | None]] = ([("hard", None)] if hard_baseline else []) + [(f"T={t:g}", float(t)) for t in temperatures]
     students: dict[str, CausalLM] = {}

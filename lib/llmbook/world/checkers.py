@@ -278,6 +278,7 @@ class ArithmeticCheck:
 _PROBLEM = re.compile(r"^Compute (?P<a>\d+) (?P<op>[+*]) (?P<b>\d+)(?P<scratch> step by step)?\.$")
 _MUL_STEP = re.compile(r"^(\d+) ([*+]) (\d+) = (\d+)$")
 _ADD_STEP = re.compile(r"^(\d) \+ (\d) \+ (\d) = (\d+), write (\d), carry (\d)$")
+_DIGIT_PRODUCT_STEP = re.compile(r"^(\d) \* (\d) \+ (\d) = (\d+), write (\d), carry (\d)$")
 
 
 def check_arithmetic(text: str) -> ArithmeticCheck:
@@ -297,6 +298,9 @@ def check_arithmetic(text: str) -> ArithmeticCheck:
         if (m := _ADD_STEP.match(step)) is not None:
             x, y, c, s, w, k = map(int, m.groups())
             ok = x + y + c == s and w == s % 10 and k == s // 10
+        elif (m := _DIGIT_PRODUCT_STEP.match(step)) is not None:
+            x, y, c, s, w, k = map(int, m.groups())
+            ok = x * y + c == s and w == s % 10 and k == s // 10
         elif (m := _MUL_STEP.match(step)) is not None:
             x, sym, y, z = m.groups()
             ok = (int(x) * int(y) if sym == "*" else int(x) + int(y)) == int(z)

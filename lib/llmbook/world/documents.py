@@ -424,23 +424,46 @@ class ArithmeticConfig:
         _check_probability("scratchpad_probability", self.scratchpad_probability, open_interval=False)
 
 
+def _column_addition(a: int, b: int) -> list[str]:
+    """Column addition, least significant digit first: one line per column, with its carry."""
+    lines, carry = [], 0
+    digits_a, digits_b = str(a)[::-1], str(b)[::-1]
+    for i in range(max(len(digits_a), len(digits_b))):
+        da = int(digits_a[i]) if i < len(digits_a) else 0
+        db = int(digits_b[i]) if i < len(digits_b) else 0
+        total = da + db + carry
+        lines.append(f"{da} + {db} + {carry} = {total}, write {total % 10}, carry {total // 10}")
+        carry = total // 10
+    return lines
+
+
 def scratchpad_lines(a: int, op: str, b: int) -> list[str]:
-    """The worked steps: column addition with carries, or long multiplication by partial products."""
+    """The worked steps, one digit at a time, least significant digit first.
+
+    Addition: one line per column, ``da + db + carry = s, write w, carry k``.
+    Multiplication: for each digit of ``b`` (units first), one line per digit of ``a``,
+    ``da * db + carry = s, write w, carry k``, then the partial product it gives,
+    ``a * (db * 10^i) = p``; with two or more partial products, they are summed by column
+    addition and the sum is stated, ``p0 + p1 = total``. Every line is one single-digit
+    operation or a restatement of digits written just above: the steps a small transformer
+    can learn, unlike a multi-digit product in one line (Lee et al., "Teaching Arithmetic
+    to Small Transformers", ICLR 2024).
+    """
     if op == "+":
-        lines, carry = [], 0
-        digits_a, digits_b = str(a)[::-1], str(b)[::-1]
-        for i in range(max(len(digits_a), len(digits_b))):
-            da = int(digits_a[i]) if i < len(digits_a) else 0
-            db = int(digits_b[i]) if i < len(digits_b) else 0
-            total = da + db + carry
-            lines.append(f"{da} + {db} + {carry} = {total}, write {total % 10}, carry {total // 10}")
-            carry = total // 10
-        return lines
+        return _column_addition(a, b)
     if op == "*":
-        partials = [a * int(d) * 10**i for i, d in enumerate(str(b)[::-1])]
-        lines = [f"{a} * {int(d) * 10**i} = {p}" for i, (d, p) in enumerate(zip(str(b)[::-1], partials))]
+        lines, partials = [], []
+        for i, db in enumerate(int(d) for d in str(b)[::-1]):
+            carry = 0
+            for da in (int(d) for d in str(a)[::-1]):
+                total = da * db + carry
+                lines.append(f"{da} * {db} + {carry} = {total}, write {total % 10}, carry {total // 10}")
+                carry = total // 10
+            partials.append(a * db * 10**i)
+            lines.append(f"{a} * {db * 10**i} = {partials[-1]}")
         running = partials[0]
         for p in partials[1:]:
+            lines += _column_addition(running, p)
             lines.append(f"{running} + {p} = {running + p}")
             running += p
         return lines
