@@ -179,9 +179,12 @@ def test_resume_refuses_changed_config_and_missing_checkpoint(tmp_path, tokenize
     with pytest.raises(ValueError, match="no complete checkpoint"):
         train(small_config(), corpus[0], tokenizer=tokenizer, out_dir=tmp_path / "empty", resume=True, device="cpu", progress=False)
     # A finished cosine run cannot be extended: its decay would jump back up at the next step...
+    cosine = tmp_path / "cosine"
+    train(small_config(max_steps=10, checkpoint_every=5, warmup_steps=2), corpus[0], tokenizer=tokenizer, out_dir=cosine,
+          device="cpu", progress=False)
     with pytest.raises(ValueError, match="the schedule would give"):
-        train(small_config(max_steps=12, checkpoint_every=5), corpus[0], tokenizer=tokenizer, out_dir=out, resume=True,
-              device="cpu", progress=False)
+        train(small_config(max_steps=12, checkpoint_every=5, warmup_steps=2), corpus[0], tokenizer=tokenizer,
+              out_dir=cosine, resume=True, device="cpu", progress=False)
     # ...a WSD run can, from a checkpoint in its stable phase, where a longer run took the same steps.
     wsd = tmp_path / "wsd"
     options = dict(checkpoint_every=5, keep_checkpoints=5, warmup_steps=2, schedule="wsd")
@@ -427,8 +430,10 @@ def test_cli_trains_resumes_and_validates_paths(tmp_path, tokenizer):
             "--out", str(out), "--max-steps", "12", "--eval-fraction", "0.1", "--no-progress"]
     result = main(args)
     assert result.history[-1]["step"] == 12 and (out / "model.safetensors").is_file()
-    resumed = main([*args[:-4], "16", "--eval-fraction", "0.1", "--no-progress", "--resume"])
-    assert [h["step"] for h in resumed.history] == list(range(17))
+    resumed = main([*args, "--resume"])  # from the final checkpoint: nothing left to do
+    assert [h["step"] for h in resumed.history] == list(range(13))
+    with pytest.raises(ValueError, match="the schedule would give"):  # a finished cosine cannot grow
+        main([*args[:-4], "16", "--eval-fraction", "0.1", "--no-progress", "--resume"])
     with pytest.raises(ValueError, match="data file not found: .*nowhere.jsonl"):
         main([*args[:2], "--data", str(tmp_path / "nowhere.jsonl"), *args[4:]])
     with pytest.raises(ValueError, match="tokenizer file not found: .*none.json"):

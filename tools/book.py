@@ -4,6 +4,9 @@
     python tools/book.py check                every book/*.md and its .ipynb hold the same cells (exit 1 if not)
     python tools/book.py execute book/01_temperature.md [...]
                                               regenerate each .ipynb from its .md with fresh outputs
+    python tools/book.py prose book/01_temperature.md [...]
+                                              copy edited prose (markdown cells) into the .ipynb, keeping its
+                                              outputs; refuses when any code cell differs (then: execute)
     python tools/book.py test-config OUT.yml  write a copy of _config.yml that builds from committed outputs
 """
 
@@ -97,6 +100,32 @@ def execute(paths: list[str]) -> None:
         print(f"wrote {md.with_suffix('.ipynb').relative_to(ROOT)}")
 
 
+def prose(paths: list[str]) -> None:
+    """Copy each chapter's markdown cells from its .md into its .ipynb, outputs kept.
+
+    Only for prose edits: the code cells, their order and their number must be the same in
+    both files, so every output still comes from the code beside it.
+    """
+    for name in paths:
+        md = (ROOT / name).resolve() if not Path(name).is_absolute() else Path(name)
+        ipynb = md.with_suffix(".ipynb")
+        if md.suffix != ".md" or not md.exists() or not ipynb.exists():
+            sys.exit(f"{name}: expected an existing book/*.md chapter source with its .ipynb")
+        text, nb = jupytext.read(md), nbformat.read(ipynb, as_version=4)
+        kinds = ([c.cell_type for c in text.cells], [c.cell_type for c in nb.cells])
+        code = ([c.source.strip() for c in text.cells if c.cell_type == "code"],
+                [c.source.strip() for c in nb.cells if c.cell_type == "code"])
+        if kinds[0] != kinds[1] or code[0] != code[1]:
+            sys.exit(f"{name}: code cells differ from {ipynb.name}; run `python tools/book.py execute {name}`")
+        changed = 0
+        for mine, theirs in zip(text.cells, nb.cells):
+            if mine.cell_type == "markdown" and mine.source != theirs.source:
+                theirs.source = mine.source
+                changed += 1
+        nbformat.write(nb, ipynb)
+        print(f"{ipynb.relative_to(ROOT)}: {changed} markdown cell(s) updated")
+
+
 def test_config(out: str) -> None:
     """Write a copy of _config.yml that renders the committed outputs instead of re-executing."""
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
@@ -115,6 +144,8 @@ def main() -> None:
     sub.add_parser("check")
     run = sub.add_parser("execute")
     run.add_argument("chapters", nargs="+")
+    edit = sub.add_parser("prose")
+    edit.add_argument("chapters", nargs="+")
     cfg = sub.add_parser("test-config")
     cfg.add_argument("out")
     args = parser.parse_args()
@@ -126,6 +157,8 @@ def main() -> None:
         sys.exit(1 if problems else 0)
     elif args.command == "execute":
         execute(args.chapters)
+    elif args.command == "prose":
+        prose(args.chapters)
     else:
         test_config(args.out)
 
