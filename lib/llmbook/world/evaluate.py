@@ -415,6 +415,15 @@ def evaluate_react(model: CausalLM, tokenizer: Tokenizer, splits: Splits, settin
         else:
             correct = [check_answer(it["attribute"], it["subject"], a, splits.kb)[1] for it, a in zip(items, direct)]
         report["direct"][kind] = _rate_entry(correct)
+        if kind.startswith("lookup"):
+            # Does the final answer use what the tool returned, or repeat the answer the
+            # model gives with no tool at all?
+            answers = [t.splitlines()[-1].removeprefix("Answer: ").strip() for t in traces]
+            observed = [(re.findall(r"^Observation: (.*)$", t, re.M) or [""])[-1] for t in traces]
+            report["with_tools"][kind].update(_rate_entry(
+                [bool(o) and o in a for o, a in zip(observed, answers)], "answer_uses_observation_rate"))
+            report["with_tools"][kind].update(_rate_entry(
+                [a == d.strip() for a, d in zip(answers, direct)], "answer_equals_direct_rate"))
 
     def pooled(parts: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
         n = sum(parts[k]["n"] for k in REACT_TARGET_KINDS)
