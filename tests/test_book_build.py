@@ -47,3 +47,38 @@ def test_widget_state_embedded_and_weight_reported(built_book):
         state = json.loads(match.group(1))["state"]
         report("widget weight per page", f"{page.stem}: {len(state)} widget models, state {len(match.group(1)) / 1e6:.2f} MB, page {len(text) / 1e6:.2f} MB")
         assert len(match.group(1)) < 8_000_000, f"{page.name}: widget state over 8 MB; use lighter frames"
+
+
+def test_every_internal_link_resolves(built_book):
+    """Every href and src inside the book points at a file the build produced (anchors too)."""
+    import re
+    from html.parser import HTMLParser
+    from urllib.parse import unquote
+
+    class Links(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.targets, self.ids = [], set()
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if "id" in attrs:
+                self.ids.add(attrs["id"])
+            for key in ("href", "src"):
+                value = attrs.get(key)
+                if value and not re.match(r"^(https?:|mailto:|data:|javascript:|//)", value):
+                    self.targets.append(value)
+
+    pages = {page: Links() for page in built_book.rglob("*.html")}
+    for page, parser in pages.items():
+        parser.feed(page.read_text())
+    broken = []
+    for page, parser in pages.items():
+        for target in parser.targets:
+            path, _, anchor = target.partition("#")
+            resolved = (page.parent / unquote(path.split("?")[0])).resolve() if path else page
+            if not resolved.exists():
+                broken.append(f"{page.relative_to(built_book)} -> {target}")
+            elif anchor and resolved.suffix == ".html" and anchor not in pages.get(resolved, Links()).ids:
+                broken.append(f"{page.relative_to(built_book)} -> {target} (no such anchor)")
+    assert not broken, "\n".join(broken[:40])

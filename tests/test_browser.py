@@ -116,8 +116,25 @@ def visible_frame(widget) -> str:
     )
 
 
+def move(page, control) -> None:
+    """Move one control a step: a slider's handle one key press, a dropdown to another option."""
+    select = control.locator("select")
+    if select.count():
+        options = select.locator("option")
+        current = select.evaluate("s => s.selectedIndex")
+        select.select_option(index=(current + 1) % options.count())
+    else:
+        handle = control.locator(".noUi-handle").first
+        handle.focus()
+        before = handle.get_attribute("aria-valuenow")
+        handle.press("ArrowRight")
+        if handle.get_attribute("aria-valuenow") == before:  # at the end of its range
+            handle.press("ArrowLeft")
+    page.wait_for_timeout(200)
+
+
 @pytest.mark.parametrize("name", CHAPTERS)
-def test_widgets_render_and_respond(page_of, name):
+def test_widgets_render_respond_and_keep_their_size(page_of, name):
     page, problems = page_of(name)
     expected = page.locator("script[type='application/vnd.jupyter.widget-view+json']").count()
     if expected == 0:
@@ -130,17 +147,44 @@ def test_widgets_render_and_respond(page_of, name):
     for i in range(widgets.count()):
         widget = widgets.nth(i)
         widget.scroll_into_view_if_needed()
-        before = visible_frame(widget)
-        assert before, f"widget {i} shows no frame"
-        handle = widget.locator(".noUi-handle").first
-        handle.focus()
-        handle.press("ArrowRight")
-        page.wait_for_timeout(200)
-        after = visible_frame(widget)
-        if after == before:  # at the end of its range: move the other way
-            handle.press("ArrowLeft")
-            handle.press("ArrowLeft")
-            page.wait_for_timeout(200)
+        controls = widget.locator(":scope > .widget-hslider, :scope > .widget-dropdown")
+        assert controls.count() >= 1, f"widget {i} has no control"
+        heights = {round(widget.bounding_box()["height"])}
+        for c in range(controls.count()):
+            before = visible_frame(widget)
+            assert before, f"widget {i} shows no frame"
+            move(page, controls.nth(c))
             after = visible_frame(widget)
-        assert after and after != before, f"widget {i}: moving the slider did not change the output"
+            assert after and after != before, f"widget {i}: moving control {c} did not change the output"
+            heights.add(round(widget.bounding_box()["height"]))
+        assert max(heights) - min(heights) <= 2, f"widget {i} changes height while its controls move: {sorted(heights)}"
     assert problems == []
+
+
+#: The chapter list opens from the header's toggle at every width (below 992 px it is the
+#: only way between chapters other than prev/next) and a click on a chapter reaches it.
+VIEWPORTS = {"phone": (390, 844), "tablet": (900, 1000), "desktop": (1400, 900)}
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+def test_navigation_opens_and_reaches_another_chapter(browser, server, viewport):
+    width, height = VIEWPORTS[viewport]
+    context = browser.new_context(viewport={"width": width, "height": height})
+    try:
+        page = context.new_page()
+        page.goto(f"{server}/book/{CHAPTERS[1]}.html", wait_until="load")
+        target = page.locator(f"nav.bd-links a[href*='{CHAPTERS[2]}']").first
+        if not target.is_visible():  # collapsed at this width: the toggle must open it
+            toggles = page.locator(".primary-toggle")
+            visible = [toggles.nth(i) for i in range(toggles.count()) if toggles.nth(i).is_visible()]
+            assert visible, f"{viewport}: no visible button opens the chapter list"
+            visible[0].click()
+            target.wait_for(state="visible", timeout=5_000)
+        target.click()
+        page.wait_for_url(f"**/{CHAPTERS[2]}.html*", timeout=10_000)
+        visible_search = [
+            box for box in page.locator("input[type=search]").all() if box.is_visible()
+        ]
+        assert len(visible_search) <= 1, f"{viewport}: {len(visible_search)} search boxes on the page"
+    finally:
+        context.close()

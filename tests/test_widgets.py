@@ -75,3 +75,35 @@ def test_bad_options():
         precomputed(line, {"a": [1]}, initial={"a": 5})
     with pytest.raises(ValueError, match="render must return"):
         precomputed(lambda a: 42, {"a": [1]})
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    # PNG: the IHDR chunk holds width and height as big-endian 32-bit integers at bytes 16-24.
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_numbers_get_a_slider_and_names_a_dropdown():
+    w = precomputed(lambda name, a: line(a), {"name": ["cat", "dog"], "a": [1, 2]})
+    name_control, a_control, _ = w.children
+    assert isinstance(name_control, widgets.Dropdown) and name_control.index == 0
+    assert isinstance(a_control, widgets.SelectionSlider)
+    assert [label for label, _ in name_control.options] == ["cat", "dog"]
+
+
+def test_figure_frames_share_one_size_at_twice_the_displayed_resolution():
+    def labelled(a):
+        fig, ax = plt.subplots(figsize=(2, 1.5))
+        ax.plot([0, 1], [0, a])
+        ax.set_ylabel("a label" * a)  # longer labels would change a tight bounding box
+        return fig
+
+    w = precomputed(labelled, {"a": [1, 4]}, dpi=50)
+    sizes = {png_size(frame.data) for frame in w.frames}
+    assert sizes == {(200, 150)}  # 2 x 1.5 inches at 2 x 50 dpi
+    assert {frame.width for frame in w.frames} == {100}
+    assert w.children[-1].children[0].layout.width == "100px"
+
+
+def test_text_frames_are_padded_to_one_height():
+    w = precomputed(lambda n: "line\n" * n, {"n": [1, 3]})
+    assert {frame.data.count("\n") for frame in w.frames} == {3}

@@ -7,12 +7,16 @@
     python tools/book.py prose book/01_temperature.md [...]
                                               copy edited prose (markdown cells) into the .ipynb, keeping its
                                               outputs; refuses when any code cell differs (then: execute)
+    python tools/book.py format [--check] [book/01_temperature.md ...]
+                                              format every code cell of the .md sources with black (88 columns);
+                                              --check: change nothing, list cells that would change or stay too wide
     python tools/book.py test-config OUT.yml  write a copy of _config.yml that builds from committed outputs
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -126,6 +130,62 @@ def prose(paths: list[str]) -> None:
         print(f"{ipynb.relative_to(ROOT)}: {changed} markdown cell(s) updated")
 
 
+LINE_LENGTH = 88
+_CODE_CELL = re.compile(r"^```\{code-cell\}[^\n]*\n(?P<options>(?:---\n.*?\n---\n)|(?::[^\n]*\n)*)(?P<code>.*?)^```$", re.S | re.M)
+
+
+def _format_code(code: str) -> str:
+    import black
+
+    if any(line.lstrip().startswith(("%", "!")) for line in code.splitlines()):
+        return code  # IPython magics are not Python; black would refuse them
+    return black.format_str(code, mode=black.Mode(line_length=LINE_LENGTH))
+
+
+def format_chapters(paths: list[str], check_only: bool) -> list[str]:
+    """Format each chapter source's code cells with black; return the problems left.
+
+    Black does not split long strings or comments: a line it leaves wider than 88 columns
+    is reported for a hand edit.
+    """
+    problems = []
+    sources = [(ROOT / p).resolve() for p in paths] if paths else sorted(BOOK.glob("*.md"))
+    for md in sources:
+        text = md.read_text()
+
+        def reformat(match: re.Match) -> str:
+            code = match.group("code")
+            # ":tags: [...]" options are separated from the code by one blank line.
+            blank = "\n" if code.startswith("\n") else ""
+            opening = match.group(0)[: match.start("code") - match.start(0)]
+            return opening + blank + _format_code(code[len(blank):]) + "```"
+
+        new = _CODE_CELL.sub(reformat, text)
+        name = md.relative_to(ROOT)
+        if new != text:
+            if check_only:
+                problems.append(f"{name}: code cells are not black-formatted; run `python tools/book.py format {name}`")
+            else:
+                md.write_text(new)
+                print(f"formatted {name}")
+        for number, line in enumerate(new.splitlines(), 1):
+            if len(line) > LINE_LENGTH and _inside_code(new, number):
+                problems.append(f"{name}:{number}: {len(line)} columns (at most {LINE_LENGTH})")
+    return problems
+
+
+def _inside_code(text: str, line_number: int) -> bool:
+    inside = False
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith("```{code-cell}"):
+            inside = True
+        elif line == "```":
+            inside = False
+        if number == line_number:
+            return inside
+    return False
+
+
 def test_config(out: str) -> None:
     """Write a copy of _config.yml that renders the committed outputs instead of re-executing."""
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
@@ -146,6 +206,9 @@ def main() -> None:
     run.add_argument("chapters", nargs="+")
     edit = sub.add_parser("prose")
     edit.add_argument("chapters", nargs="+")
+    fmt = sub.add_parser("format")
+    fmt.add_argument("--check", action="store_true")
+    fmt.add_argument("chapters", nargs="*")
     cfg = sub.add_parser("test-config")
     cfg.add_argument("out")
     args = parser.parse_args()
@@ -159,6 +222,10 @@ def main() -> None:
         execute(args.chapters)
     elif args.command == "prose":
         prose(args.chapters)
+    elif args.command == "format":
+        problems = format_chapters(args.chapters, args.check)
+        print("\n".join(problems) or "every code cell is formatted and at most 88 columns wide")
+        sys.exit(1 if problems else 0)
     else:
         test_config(args.out)
 

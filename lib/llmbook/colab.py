@@ -18,7 +18,10 @@ import sys
 
 if "google.colab" in sys.modules:
     pip = [sys.executable, "-m", "pip", "install", "--quiet"]
-    subprocess.run([*pip, "llmbook @ git+{url}"], check=True)
+    subprocess.run(
+        [*pip, "llmbook @ git+{url}"],
+        check=True,
+    )
     subprocess.run([*pip, "--no-deps", "{wheel}"], check=True)'''
 
 

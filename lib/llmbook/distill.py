@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from llmbook.compare import compare_with_teacher
 from llmbook.device import pick_device, seed_everything
 from llmbook.hub import load
 from llmbook.model import CausalLM
@@ -58,15 +59,6 @@ def _check_number(name: str, value: Any, low: float, high: float = math.inf, *, 
         raise ValueError(f"{name} must be {'an integer' if integer else 'a finite number'} {bound}, got {value!r}")
 
 
-def _windows(documents: Sequence[Sequence[int]], length: int) -> list[list[int]]:
-    """Cut each document into pieces of at most ``length`` tokens overlapping by one: every target scored once."""
-    pieces = []
-    for doc in documents:
-        for start in range(0, len(doc) - 1, length - 1):
-            pieces.append(list(doc[start:start + length]))
-    return pieces
-
-
 def _packed(documents: list[list[int]], config: TrainConfig, pad_id: int | None, name: str, value: int) -> PackedDataset:
     # Packed once and shared by every run: the same windows in the same order for all of them,
     # packed the way the student's preset packs its pretraining data.
@@ -75,54 +67,6 @@ def _packed(documents: list[list[int]], config: TrainConfig, pad_id: int | None,
     if tokens < seq_len + 1:
         raise ValueError(f"{name}={value} gives {tokens} tokens, fewer than one window of seq_len + 1 = {seq_len + 1}; raise it")
     return PackedDataset(documents, seq_len, seed=config.seed, pack=config.pack, pad_id=pad_id or 0)
-
-
-@torch.no_grad()
-def compare_with_teacher(teacher: CausalLM, students: Mapping[str, CausalLM], tokenizer: Tokenizer,
-                         texts: Sequence[str], *, batch_size: int = 16) -> dict[str, dict[str, float]]:
-    """Per-token scores of each student against the true next tokens and against the teacher (at T = 1).
-
-    For each label: ``cross_entropy`` (nats/token of the true tokens), ``kl_from_teacher``
-    (KL(teacher || student) in nats/token) and ``top1_agreement`` (share of positions where both
-    argmaxes agree). ``"teacher"`` holds the teacher's own cross-entropy. Documents are read as
-    ``[BOS] text [EOS]``; one longer than the smallest context is read in consecutive windows.
-    """
-    if not isinstance(teacher, CausalLM) or not all(isinstance(m, CausalLM) for m in students.values()):
-        raise ValueError("teacher and every student must be llmbook CausalLM models")
-    if any(m.device != teacher.device for m in students.values()):
-        raise ValueError(f"every student must be on the teacher's device {teacher.device}")
-    if "teacher" in students:
-        raise ValueError("students must not use the label 'teacher' (it holds the teacher's own score)")
-    _check_number("batch_size", batch_size, 1, integer=True)
-    context = min(m.config.max_position_embeddings for m in (teacher, *students.values()))
-    pieces = sorted(_windows(encode_documents(texts, tokenizer), context), key=len, reverse=True)  # less padding
-    if not pieces:
-        raise ValueError("texts must hold at least one document")
-    device = teacher.device
-    sums = {label: [0.0, 0.0, 0] for label in students}  # summed cross-entropy, KL, agreements
-    teacher_ce, count = 0.0, 0
-    for start in range(0, len(pieces), batch_size):
-        chunk = pieces[start:start + batch_size]
-        batch = torch.zeros(len(chunk), len(chunk[0]), dtype=torch.long)  # (B, L) any id pads: it is never a target
-        real = torch.zeros(len(chunk), len(chunk[0]) - 1, dtype=torch.bool)  # (B, L-1) which targets exist
-        for r, piece in enumerate(chunk):
-            batch[r, :len(piece)] = torch.tensor(piece)
-            real[r, :len(piece) - 1] = True
-        batch, real = batch.to(device), real.to(device)
-        targets = batch[:, 1:][real]  # (N,) right padding: causal attention keeps it out of real positions
-        log_p = F.log_softmax(teacher(batch[:, :-1]).float()[real], dim=-1)  # (N, V)
-        teacher_ce += float(F.nll_loss(log_p, targets, reduction="sum"))
-        count += targets.numel()
-        for label, student in students.items():
-            log_q = F.log_softmax(student(batch[:, :-1]).float()[real], dim=-1)
-            sums[label][0] += float(F.nll_loss(log_q, targets, reduction="sum"))
-            sums[label][1] += float((log_p.exp() * (log_p - log_q)).sum())  # KL(p || q) summed over positions
-            sums[label][2] += int((log_q.argmax(-1) == log_p.argmax(-1)).sum())
-    scores = {"teacher": {"cross_entropy": teacher_ce / count, "n_tokens": count}}
-    for label, (ce, kl, agree) in sums.items():
-        scores[label] = {"cross_entropy": ce / count, "kl_from_teacher": kl / count, "top1_agreement": agree / count,
-                         "n_tokens": count}
-    return scores
 
 
 def run_distillation(teacher: CausalLM, tokenizer: Tokenizer, *, temperatures: Sequence[float] = (1.0, 2.0, 4.0),

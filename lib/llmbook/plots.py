@@ -52,8 +52,19 @@ BOOK_STYLE: dict[str, object] = {
 
 
 def use_book_style() -> None:
-    """Apply the book's style to every figure created afterwards."""
+    """Apply the book's style to every figure created afterwards.
+
+    Inside Jupyter, figures are also stored as 2x ("retina") PNGs shown at their nominal
+    size, so they stay sharp on high-DPI screens and phones.
+    """
     plt.rcParams.update(BOOK_STYLE)
+    try:
+        from IPython import get_ipython
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+    except ImportError:  # plain Python: no inline backend to configure
+        return
+    if get_ipython() is not None:
+        set_matplotlib_formats("retina")
 
 
 @contextlib.contextmanager
@@ -63,11 +74,18 @@ def book_style() -> Iterator[None]:
         yield
 
 
-def figure_png(fig: "plt.Figure", dpi: int = 80) -> bytes:
-    """Render ``fig`` to compact PNG bytes (no timestamp metadata, optimised) and close it."""
+def figure_png(fig: "plt.Figure", dpi: int = 80, *, tight: bool = True) -> bytes:
+    """Render ``fig`` to compact PNG bytes (no timestamp metadata, optimised) and close it.
+
+    ``tight=False`` keeps the figure's own canvas size (``figsize`` x ``dpi`` pixels)
+    instead of cropping to its contents, so frames of one widget share a size.
+    """
     if not 20 <= dpi <= 300:
         raise ValueError(f"dpi must be in [20, 300], got {dpi}")
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None}, pil_kwargs={"optimize": True})
+    bbox = "tight" if tight else None
+    fig.savefig(
+        buffer, format="png", dpi=dpi, bbox_inches=bbox, metadata={"Software": None}, pil_kwargs={"optimize": True}
+    )
     plt.close(fig)
     return buffer.getvalue()

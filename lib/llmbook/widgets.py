@@ -7,8 +7,15 @@ the output for *every* point of a finite grid up front and stacks the frames in
 ``selected_index`` with ``jslink``, a link that lives in the browser, so moving the slider
 flips frames in Jupyter, in Colab and in the saved HTML alike.
 
-Several parameters nest the stacks: the first slider picks a child of the outer stack,
-the second a child of each stack one level down, and so on.
+Several parameters nest the stacks: the first control picks a child of the outer stack,
+the second a child of each stack one level down, and so on. A grid of numbers gets a
+slider; a grid of anything else (names, contexts) gets a dropdown, since its values have
+no order to slide along.
+
+Every frame of a widget has the same size, so the page does not jump while a control
+moves: figures are drawn at a fixed size (constrained layout, no tight bounding box) and
+at twice their displayed resolution for high-DPI screens; text frames are padded to the
+same number of lines.
 """
 
 from __future__ import annotations
@@ -31,10 +38,14 @@ MAX_BYTES = 4_000_000
 
 @dataclass(frozen=True)
 class Frame:
-    """One rendered output: ``kind`` is ``'png'`` or ``'html'``; ``data`` its bytes or markup."""
+    """One rendered output: ``kind`` is ``'png'`` or ``'html'``; ``data`` its bytes or markup.
+
+    ``width`` is the CSS width in pixels a PNG is shown at (its pixels are twice that).
+    """
 
     kind: str
     data: bytes | str
+    width: int | None = None
 
     @property
     def nbytes(self) -> int:
@@ -53,7 +64,12 @@ def to_frame(output: Any, dpi: int = 80) -> Frame:
     from llmbook.plots import figure_png
 
     if isinstance(output, Figure):
-        return Frame("png", figure_png(output, dpi=dpi))
+        # A fixed canvas: every frame of a widget has the figure's own size, whatever its
+        # labels, so the page does not jump; constrained layout keeps labels inside it.
+        if output.get_layout_engine() is None:
+            output.set_layout_engine("constrained")
+        width = round(output.get_figwidth() * dpi)
+        return Frame("png", figure_png(output, dpi=2 * dpi, tight=False), width=width)
     if hasattr(output, "_repr_html_"):
         markup = output._repr_html_()
         if not isinstance(markup, str):
@@ -100,21 +116,22 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-class PrecomputedWidget(widgets.VBox):
-    """A VBox of sliders over a nest of stacks of precomputed frames (see :func:`precomputed`)."""
+Control = widgets.SelectionSlider | widgets.Dropdown
 
-    def __init__(
-        self, sliders: list[widgets.SelectionSlider], body: widgets.Widget, frames: list[Frame], links: list[widgets.Link]
-    ):
-        super().__init__(children=[*sliders, body])
-        self.sliders = sliders
+
+class PrecomputedWidget(widgets.VBox):
+    """A VBox of controls over a nest of stacks of precomputed frames (see :func:`precomputed`)."""
+
+    def __init__(self, controls: list[Control], body: widgets.Widget, frames: list[Frame], links: list[widgets.Link]):
+        super().__init__(children=[*controls, body])
+        self.controls = controls
         self.frames = frames
         self.links = links  # browser-side slider -> stack links; kept so they are not garbage-collected
         self.add_class("llmbook-precomputed")
 
     def __repr__(self) -> str:
         # Short and free of image bytes: this is the text nbval compares and a notebook stores.
-        grids = ", ".join(f"{s.description}={[label for label, _ in s.options]}" for s in self.sliders)
+        grids = ", ".join(f"{c.description}={[label for label, _ in c.options]}" for c in self.controls)
         return f"PrecomputedWidget({grids}; {len(self.frames)} frames)"
 
     @property
@@ -125,7 +142,8 @@ class PrecomputedWidget(widgets.VBox):
 
 def _frame_widget(frame: Frame) -> widgets.Widget:
     if frame.kind == "png":
-        return widgets.Image(value=frame.data, format="png", layout=widgets.Layout(max_width="100%", height="auto"))
+        layout = widgets.Layout(width=f"{frame.width}px", max_width="100%", height="auto")
+        return widgets.Image(value=frame.data, format="png", layout=layout)
     return widgets.HTML(value=frame.data)
 
 
@@ -139,15 +157,16 @@ def precomputed(
     max_frames: int = 120,
     max_bytes: int = MAX_BYTES,
 ) -> PrecomputedWidget:
-    """Render ``render(**point)`` at every point of ``grids`` and return a slider widget over the frames.
+    """Render ``render(**point)`` at every point of ``grids`` and return a widget over the frames.
 
     Args:
         render: called once per grid point with one keyword per grid; returns a matplotlib
             Figure, HTML (``_repr_html_``) or text.
         grids: parameter name -> finite list of values, e.g. ``{"temperature": [0.1, 0.5, 1.0]}``.
         initial: starting value per parameter (default: each grid's first value).
-        labels: slider label per parameter (default: the parameter name).
-        dpi: resolution of figure frames; lower is lighter.
+        labels: control label per parameter (default: the parameter name).
+        dpi: displayed resolution of figure frames (their PNGs hold twice as many pixels
+            per inch, for high-DPI screens); lower is lighter.
         max_frames: refuse grids with more points than this (at most ``MAX_FRAMES``).
         max_bytes: refuse a widget whose frames weigh more than this (they are embedded in the page).
     """
@@ -163,9 +182,12 @@ def precomputed(
     if not isinstance(max_bytes, int) or max_bytes < 1:
         raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}")
 
-    frames: list[Frame] = []
-    for point in itertools.product(*(grids[n] for n in names)):
-        frames.append(to_frame(render(**dict(zip(names, point))), dpi=dpi))
+    outputs = [render(**dict(zip(names, point))) for point in itertools.product(*(grids[n] for n in names))]
+    if all(isinstance(output, str) for output in outputs):
+        # Text frames padded to the same number of lines: the widget keeps one height.
+        lines = max(output.count("\n") for output in outputs)
+        outputs = [output + "\n" * (lines - output.count("\n")) for output in outputs]
+    frames = [to_frame(output, dpi=dpi) for output in outputs]
     total = sum(frame.nbytes for frame in frames)
     if total > max_bytes:
         raise ValueError(
@@ -174,17 +196,7 @@ def precomputed(
         )
 
     start = [grids[n].index(initial.get(n, grids[n][0])) for n in names]
-    sliders = [
-        widgets.SelectionSlider(
-            options=[(_format_value(v), i) for i, v in enumerate(grids[n])],
-            index=start[depth],
-            description=labels.get(n, n),
-            continuous_update=True,
-            style={"description_width": "initial"},
-            layout=widgets.Layout(width="min(100%, 32rem)"),
-        )
-        for depth, n in enumerate(names)
-    ]
+    controls = [_control(grids[n], start[depth], labels.get(n, n)) for depth, n in enumerate(names)]
 
     # Build the nest bottom-up; stacks_at[d] holds every stack that slider d drives.
     stacks_at: list[list[widgets.Stack]] = [[] for _ in names]
@@ -199,8 +211,17 @@ def precomputed(
 
     body = build(0)
     links = [
-        widgets.jslink((slider, "index"), (stack, "selected_index"))
-        for slider, stacks in zip(sliders, stacks_at)
+        widgets.jslink((control, "index"), (stack, "selected_index"))
+        for control, stacks in zip(controls, stacks_at)
         for stack in stacks
     ]
-    return PrecomputedWidget(sliders, body, frames, links)
+    return PrecomputedWidget(controls, body, frames, links)
+
+
+def _control(values: list[Any], index: int, label: str) -> Control:
+    """A slider over a grid of numbers; a dropdown over any other grid (no order to slide along)."""
+    options = [(_format_value(v), i) for i, v in enumerate(values)]
+    common = dict(options=options, index=index, description=label, style={"description_width": "initial"})
+    if all(isinstance(v, Real) and not isinstance(v, bool) for v in values):
+        return widgets.SelectionSlider(continuous_update=True, layout=widgets.Layout(width="min(100%, 32rem)"), **common)
+    return widgets.Dropdown(layout=widgets.Layout(width="min(100%, 32rem)"), **common)

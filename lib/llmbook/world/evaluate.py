@@ -47,6 +47,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from llmbook.compare import compare_with_teacher
 from llmbook.generate import generate
 from llmbook.model import CausalLM
 from llmbook.tokenizer import Tokenizer
@@ -506,8 +507,6 @@ def evaluate_stories(model: CausalLM, tokenizer: Tokenizer, splits: Splits, sett
 def draft_agreement(model: CausalLM, draft: CausalLM, tokenizer: Tokenizer, documents: Sequence[Document],
                     batch_size: int = 32) -> float:
     """Share of next-token positions where the draft's top-1 prediction equals the model's."""
-    from llmbook.distill import compare_with_teacher  # here: llmbook.distill imports this module
-
     scores = compare_with_teacher(model, {"draft": draft}, tokenizer, [d.text for d in documents], batch_size=batch_size)
     return scores["draft"]["top1_agreement"]
 
