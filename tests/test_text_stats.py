@@ -105,3 +105,21 @@ def test_zero_count_upper_bound_is_exact_and_near_the_rule_of_three():
         zero_count_upper_bound(0)
     with pytest.raises(ValueError, match="confidence"):
         zero_count_upper_bound(10, 1.0)
+
+
+def test_ratio_with_se_equals_rate_with_se_on_counts_and_takes_real_values():
+    from llmbook.text_stats import ratio_with_se
+
+    hits, totals = [1, 0, 3, 2], [4, 2, 5, 3]
+    assert ratio_with_se(hits, totals) == pytest.approx(rate_with_se(hits, totals))
+    mean, se = ratio_with_se([0.5, -0.25, 1.5], [2, 1, 3])
+    assert mean == pytest.approx(1.75 / 6)
+    assert se > 0
+    assert all(math.isnan(x) for x in ratio_with_se([0.0], [0]))
+    assert math.isnan(ratio_with_se([0.3], [2])[1])
+    with pytest.raises(ValueError):
+        ratio_with_se([1.0], [1, 2])
+    with pytest.raises(ValueError):
+        ratio_with_se([math.nan], [1])
+    with pytest.raises(ValueError):
+        ratio_with_se([1.0], [-1])

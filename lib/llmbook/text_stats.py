@@ -9,6 +9,8 @@ numbers they use:
   were drawn from, an estimate of the sampler's entropy per step (its "diversity");
 - :func:`rate_with_se`: a rate pooled over documents with a standard error that treats each
   document as one unit, since the statements of one text are not independent of each other;
+- :func:`ratio_with_se`: the same pooled ratio for real-valued per-unit sums (e.g. probability
+  mass summed over a document's positions, or paired differences), clustered the same way;
 - :func:`mean_with_se`: a mean over independent units (e.g. per-question accuracies, paired
   differences) with its standard error;
 - :func:`zero_count_upper_bound`: what a rate can still be when none of ``n`` events happened
@@ -21,7 +23,7 @@ import math
 from collections.abc import Hashable, Sequence
 
 __all__ = ["distinct_ngrams", "repeated_ngram_count", "repeated_ngram_share", "nats_per_token", "rate_with_se",
-           "mean_with_se", "zero_count_upper_bound"]
+           "ratio_with_se", "mean_with_se", "zero_count_upper_bound"]
 
 
 def _check_n(n: int) -> None:
@@ -126,6 +128,34 @@ def rate_with_se(hits: Sequence[int], totals: Sequence[int]) -> tuple[float, flo
         return rate, math.nan
     residuals = sum((h - rate * t) ** 2 for h, t in zip(hits, totals))
     return rate, math.sqrt(residuals * m / (m - 1)) / judged
+
+
+def ratio_with_se(sums: Sequence[float], counts: Sequence[int | float]) -> tuple[float, float]:
+    """Pooled mean ``sum(sums) / sum(counts)`` over units, with :func:`rate_with_se`'s standard error.
+
+    ``sums[i]`` is a real-valued total over the ``counts[i]`` items of unit ``i`` (e.g. the
+    probability mass a sampler removes, summed over the positions of one document); the
+    values may be negative (paired differences). The error is the same linearised,
+    cluster-robust one as :func:`rate_with_se` (each unit one independent draw, m / (m - 1)
+    factor), which it equals for integer hits. ``(nan, nan)`` when every count is 0,
+    ``(mean, nan)`` with a single unit.
+    """
+    if isinstance(sums, (str, bytes)) or isinstance(counts, (str, bytes)):
+        raise ValueError("sums and counts must be sequences of numbers")
+    if len(sums) != len(counts):
+        raise ValueError(f"sums and counts must have the same length, got {len(sums)} and {len(counts)}")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in sums):
+        raise ValueError("sums must hold finite numbers")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 for v in counts):
+        raise ValueError("counts must hold finite non-negative numbers")
+    m, total = len(counts), float(sum(counts))
+    if total == 0:
+        return math.nan, math.nan
+    mean = sum(sums) / total
+    if m < 2:
+        return mean, math.nan
+    residuals = sum((s - mean * c) ** 2 for s, c in zip(sums, counts))
+    return mean, math.sqrt(residuals * m / (m - 1)) / total
 
 
 def mean_with_se(values: Sequence[float]) -> tuple[float, float]:
