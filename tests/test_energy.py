@@ -320,7 +320,9 @@ def test_recall_accuracy_is_deterministic_and_returns_plain_floats():
     a = recall_accuracy(**kwargs, seed=1)
     assert a == recall_accuracy(**kwargs, seed=1)
     assert a != recall_accuracy(**kwargs, seed=2)
-    assert all(type(x) is float for x in a.mean_overlap + a.exact_recall + a.temperatures)
+    fields = (a.mean_overlap, a.exact_recall, a.mean_abs_overlap, a.abs_overlap_se, a.mirror_fraction, a.temperatures)
+    assert all(type(x) is float for x in sum(fields, ()))
+    assert set(a.as_dict()[0.5]) == {"mean_overlap", "exact_recall", "mean_abs_overlap", "abs_overlap_se", "mirror_fraction"}
     assert set(a.as_dict()) == {0.0, 0.5, 2.0}
     assert a.as_dict()[0.0]["exact_recall"] == a.exact_recall[0]
     assert len(a.table().splitlines()) == 4
@@ -342,8 +344,28 @@ def test_recall_accuracy_equals_recall_per_temperature():
         dots = (net.recall(starts, t, sweeps, g) * targets).sum(-1).double()
         assert m == pytest.approx(dots.mean().item() / n, abs=1e-12)
         assert e == (dots == n).double().mean().item()
+        m_trials = dots / n
+        assert result.as_dict()[t]["mean_abs_overlap"] == pytest.approx(m_trials.abs().mean().item(), abs=1e-12)
+        se = m_trials.abs().std().item() / math.sqrt(trials)
+        assert result.as_dict()[t]["abs_overlap_se"] == pytest.approx(se, rel=1e-9)
+        assert result.as_dict()[t]["mirror_fraction"] == (m_trials < 0).double().mean().item()
     # Listing another temperature does not change the others.
     assert recall_accuracy(n, p, 0.2, (0.4,), trials, sweeps, seed).mean_overlap[0] == result.mean_overlap[1]
+
+
+def test_absolute_overlap_counts_the_mirror_image_as_retrieved():
+    # Every unit flipped: the start is the mirror -xi, itself a minimum of the even energy.
+    r = recall_accuracy(60, 2, 1.0, (0.0,), n_trials=10, sweeps=5, seed=0)
+    assert r.mean_overlap == (-1.0,) and r.exact_recall == (0.0,)
+    assert r.mean_abs_overlap == (1.0,) and r.mirror_fraction == (1.0,) and r.abs_overlap_se == (0.0,)
+    # Far above T_c the final states are unrelated to the pattern: the signed mean is near 0,
+    # half the trials end mirrored, and |m| sits at the random floor sqrt(2 / (pi N)).
+    hot = recall_accuracy(100, 1, 0.2, (5.0,), n_trials=400, sweeps=10, seed=0)
+    assert abs(hot.mean_overlap[0]) < 0.02
+    assert 0.4 < hot.mirror_fraction[0] < 0.6
+    assert hot.mean_abs_overlap[0] == pytest.approx(math.sqrt(2 / (math.pi * 100)), abs=4 * hot.abs_overlap_se[0])
+    # One trial has no standard error.
+    assert math.isnan(recall_accuracy(20, 1, 0.2, (0.5,), n_trials=1, sweeps=2, seed=0).abs_overlap_se[0])
 
 
 def test_recall_accuracy_degrades_with_temperature():

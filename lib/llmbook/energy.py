@@ -144,8 +144,9 @@ def heat_capacity(energies: torch.Tensor, temperature: float = 1.0) -> torch.Ten
     """C = d<E>/dT = Var(E) / T^2 under the Boltzmann distribution, over the last dimension.
 
     Large where a small change of T moves much probability between states of different
-    energy: a peak of C marks the temperature at which the distribution reorganises
-    ("melts"). At T = 0 the limit, 0. Does not depend on a shift of all energies.
+    energy: a peak of C marks the temperature at which the distribution reorganises. For
+    one softmax this is a smooth Schottky peak of a finite system, not a phase transition.
+    At T = 0 the limit, 0. Does not depend on a shift of all energies.
     """
     temperature = _check_temperature(temperature)
     energies = _check_energies(energies)
@@ -410,6 +411,12 @@ class RecallAccuracy:
     temperatures: tuple[float, ...]
     mean_overlap: tuple[float, ...]  # mean over trials of the final overlap with the target pattern
     exact_recall: tuple[float, ...]  # fraction of trials that end exactly on the target (overlap 1)
+    # The energy is even, E(-s) = E(s): the mirror image -xi is stored as well as xi, and near
+    # the transition a trial ends near either. The signed mean then averages +m and -m towards
+    # 0; the mean of |m| measures retrieval of the pattern or its mirror.
+    mean_abs_overlap: tuple[float, ...]  # mean over trials of |final overlap|
+    abs_overlap_se: tuple[float, ...]  # standard error of mean_abs_overlap over the trials (s / sqrt(n))
+    mirror_fraction: tuple[float, ...]  # fraction of trials that end with a negative overlap
     n_units: int
     n_patterns: int
     flip_fraction: float
@@ -418,17 +425,20 @@ class RecallAccuracy:
     seed: int
 
     def as_dict(self) -> dict[float, dict[str, float]]:
-        """``{T: {"mean_overlap": ..., "exact_recall": ...}}``."""
+        """``{T: {"mean_overlap", "exact_recall", "mean_abs_overlap", "abs_overlap_se", "mirror_fraction"}}``."""
+        keys = ("mean_overlap", "exact_recall", "mean_abs_overlap", "abs_overlap_se", "mirror_fraction")
         return {
-            t: {"mean_overlap": m, "exact_recall": e}
-            for t, m, e in zip(self.temperatures, self.mean_overlap, self.exact_recall)
+            t: dict(zip(keys, values))
+            for t, *values in zip(self.temperatures, *(getattr(self, k) for k in keys))
         }
 
     def table(self) -> str:
         """A small fixed-width text table (the numbers a figure shows, for nbval to compare)."""
-        lines = ["     T  mean overlap  exact recall"]
-        for t, m, e in zip(self.temperatures, self.mean_overlap, self.exact_recall):
-            lines.append(f"{t:6.2f}  {m:12.3f}  {e:12.3f}")
+        lines = ["     T  mean overlap  mean |overlap|     SE  exact recall  ends mirrored"]
+        rows = zip(self.temperatures, self.mean_overlap, self.mean_abs_overlap, self.abs_overlap_se,
+                   self.exact_recall, self.mirror_fraction)
+        for t, m, a, se, e, f in rows:
+            lines.append(f"{t:6.2f}  {m:12.3f}  {a:14.3f}  {se:5.3f}  {e:12.3f}  {f:13.3f}")
         return "\n".join(lines)
 
 
@@ -486,6 +496,13 @@ def recall_accuracy(
         temperatures=temps,
         mean_overlap=tuple((dots.sum(dim=-1) / (n_trials * n_units)).tolist()),  # one rounding: 0.2479, not 0.24789999
         exact_recall=tuple((dots == n_units).to(torch.float64).mean(dim=-1).tolist()),
+        mean_abs_overlap=tuple((dots.abs().sum(dim=-1) / (n_trials * n_units)).tolist()),
+        # One trial has no spread to estimate: its standard error is reported as nan.
+        abs_overlap_se=tuple(
+            (dots.abs().std(dim=-1) / (n_units * math.sqrt(n_trials))).tolist()
+            if n_trials > 1 else [math.nan] * k
+        ),
+        mirror_fraction=tuple((dots < 0).to(torch.float64).mean(dim=-1).tolist()),
         n_units=n_units,
         n_patterns=n_patterns,
         flip_fraction=float(flip_fraction),
