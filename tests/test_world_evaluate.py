@@ -12,6 +12,8 @@ from llmbook.hub import ASSETS_DIR, load
 from llmbook.world import FAMILIES, default_splits
 from llmbook.world.checkers import run_action
 from llmbook.world.grammar import QUESTION_TEMPLATES
+import llmbook.world.evaluate as evaluate_module
+from llmbook.world import evaluation_suites
 from llmbook.world.evaluate import (
     TARGETS,
     EvalSettings,
@@ -159,8 +161,36 @@ def test_cli_writes_a_report_with_every_section_and_family(tmp_path):
     assert set(report["qa"]["qa_seen"]["by_kind"]) == set(QUESTION_TEMPLATES)  # every kind, each on its own suite
     assert all(r["n"] == 2 for r in report["qa"]["qa_seen"]["by_kind"].values())
     assert report["qa"]["qa_seen"]["accuracy_se"] >= 0 and "by_kind" in report["qa"]["qa_seen"]
+    for name in ("qa_hidden_facts", "qa_heldout_people", "qa_new_knowledge"):
+        people = report["qa"][name]["person_subjects"]
+        assert people["n"] == report["qa"][name]["subject_tokens_n"] <= report["qa"][name]["n"]
+        assert {"accuracy", "asserts_specific_answer", "hallucination_rate"} <= set(people)
+    completion = report["qa"]["fact_completion"]
+    assert sum(r["n"] for r in completion["by_kind"].values()) == completion["n"] == 2
+    assert 0 <= completion["exact_match_rate"] <= completion["accuracy"] <= 1
     assert report["weights_sha256"] == hashlib.sha256(
         (ASSETS_DIR / "tinyworld-draft" / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_fact_completion_is_graded_by_claim_not_by_exact_match(monkeypatch):
+    splits = default_splits(0)
+    items = [it for it in evaluation_suites(splits, 0, 300)["fact_completion"]]
+    friend = next(it for it in items if it.meta["fact"].startswith("friend:")
+                  and len(splits.kb.get(it.meta["subject"], "friends")) > 1)
+    town = next(it for it in items if it.meta["fact"] == "town")
+    other_friend = next(f for f in splits.kb.get(friend.meta["subject"], "friends") if f != friend.expected[:-1])
+    wrong_town = next(t for t in splits.kb.towns if f"{t}." != town.expected)
+    cases = [(friend, f" {other_friend}."), (friend, f" {friend.expected}"), (town, f" {wrong_town}."),
+             (town, " " + town.expected + " Mira is 40 years old."), (town, " the market.")]
+    answers = iter([a for _, a in cases])
+    monkeypatch.setattr(evaluate_module, "complete", lambda *args, **kwargs: [next(answers) for _ in cases])
+    report = evaluate_module._fact_completion(None, None, splits, [it for it, _ in cases], EvalSettings())
+    # another true friend is right (exact match said wrong); a false or unparsed value is wrong;
+    # only the first sentence is graded
+    assert report["n"] == 5 and report["accuracy"] == pytest.approx(3 / 5)
+    assert report["exact_match_rate"] == pytest.approx(1 / 5)
+    assert report["by_kind"]["friend"] == {"n": 2, "accuracy": 1.0, "accuracy_se": 0.0}
+    assert report["by_kind"]["town"]["n"] == 3 and report["by_kind"]["town"]["accuracy"] == pytest.approx(1 / 3)
 
 
 def test_cli_names_an_unknown_model(tmp_path):

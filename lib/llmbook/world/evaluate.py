@@ -14,7 +14,10 @@ The report (JSON, also returned by :func:`evaluate_model`) has one section per m
   one up), about held-out people (reported separately: their names were never in training,
   so they are not single tokens, ``subject_tokens_mean``) and about the "new knowledge" people
   kept for fine-tuning. An answer is correct only if it names the asked subject and the true
-  value (the fact template is parsed, not searched for a substring).
+  value (the fact template is parsed, not searched for a substring). The held-out and
+  new-knowledge suites also ask about towns and items: ``person_subjects`` holds their rates over
+  the questions about people alone. ``fact_completion``: fact lines completed from their subject
+  and verb, graded by claim against the world like QA answers, overall and ``by_kind``.
 - ``card``: JSON entity cards sampled at temperature 1: valid JSON, schema, every field true.
 - ``react``: the same held-out questions (multi-digit products; lookups of hidden facts and of
   held-out people) answered three ways: with the tools really executed in the loop, with the
@@ -59,10 +62,12 @@ from .checkers import (
     check_qa,
     check_react,
     check_retrieval,
+    check_statement,
     check_statements,
     grammatical_error_rate,
     hallucination_rate,
     run_action,
+    split_statements,
 )
 from .documents import FAMILIES, Document, fact_values, qa_subjects
 from .grammar import QUESTION_TEMPLATES
@@ -341,15 +346,58 @@ def evaluate_qa(model: CausalLM, tokenizer: Tokenizer, splits: Splits, settings:
         people = [c.subject for c in checks if c.subject is not None and splits.kb.kind(c.subject) == "person"]
         report[name]["subject_tokens_mean"] = (sum(len(tokenizer.encode(s)) for s in people)
                                                / len(people)) if people else math.nan
+        report[name]["subject_tokens_n"] = len(people)
+        if name != "qa_seen":
+            # The suites about held-out and new people also ask about towns and items (region,
+            # price questions), which the model did read about: the rates over questions whose
+            # subject is a person, the ones it cannot know, are reported on their own.
+            on_people = [c for c in checks if c.subject is not None and splits.kb.kind(c.subject) == "person"]
+            report[name]["person_subjects"] = _made_up_entry(on_people)
+            report[name]["person_subjects"]["subject_tokens_mean"] = report[name]["subject_tokens_mean"]
     report["qa_seen"]["by_kind"] = _qa_by_kind(model, tokenizer, splits, settings)
-    items = suites["fact_completion"]
-    answers = complete(model, tokenizer, [it.prompt for it in items], max_new_tokens=16, stop=["\n"],
-                       batch_size=settings.batch_size)
-    report["fact_completion"] = _rate_entry([a.strip() == it.expected for it, a in zip(items, answers)])
+    report["fact_completion"] = _fact_completion(model, tokenizer, splits, suites["fact_completion"], settings)
     for name in ("qa_hidden_facts", "qa_heldout_people", "qa_new_knowledge"):
         made_up = report[name]["asserts_specific_answer"] - report[name]["accuracy"]
         report[name]["hallucination_rate"] = made_up
         report[name]["hallucination_rate_se"] = _se(made_up, report[name]["n"])
+    return report
+
+
+def _made_up_entry(checks: Sequence[Any]) -> dict[str, Any]:
+    """Accuracy, the share of answers that assert a specific value, and the share that assert a
+    wrong one (made up), each with its standard error, over ``checks`` (QAChecks)."""
+    entry = {**_rate_entry([c.correct for c in checks]),
+             **_rate_entry([c.answer_parses for c in checks], "asserts_specific_answer"),
+             **_rate_entry([c.answer_parses and not c.correct for c in checks], "hallucination_rate")}
+    return entry
+
+
+def _fact_completion(model: CausalLM, tokenizer: Tokenizer, splits: Splits, items: Sequence[Any],
+                     settings: EvalSettings) -> dict[str, Any]:
+    """Fact lines completed greedily from their subject and verb ("Rina lives in"), graded by claim.
+
+    A completion is right when the first sentence of prompt + completion is a fact of the same
+    kind as the generator's line (same template) and every claim it makes is true in the world,
+    as QA answers are graded: naming another true friend is right. (Until this version the rate
+    was an exact match with the generator's value, which counted another true friend as wrong;
+    ``exact_match_rate`` keeps that number. No target of the model card uses this rate.)
+    """
+    answers = complete(model, tokenizer, [it.prompt for it in items], max_new_tokens=16, stop=["\n"],
+                       batch_size=settings.batch_size)
+    correct, kinds = [], []
+    for it, answer in zip(items, answers):
+        expected = check_statement(it.meta["text"], splits.kb)
+        # The model writes the space before the value itself; a missing one is not held against it.
+        first = (split_statements(f"{it.prompt} {answer.strip()}") or [""])[0]
+        got = check_statement(first, splits.kb) if first else None
+        correct.append(got is not None and got.template == expected.template and got.true is True)
+        kinds.append(it.meta["fact"].split(":")[0])
+    report = {**_rate_entry(correct),
+              **_rate_entry([a.strip() == it.expected for it, a in zip(items, answers)], "exact_match_rate"),
+              "by_kind": {}}
+    for kind in sorted(set(kinds)):
+        report["by_kind"][kind] = _rate_entry([c for c, k in zip(correct, kinds) if k == kind])
+    report["examples"] = [{"prompt": it.prompt, "answer": a.strip()} for it, a in list(zip(items, answers))[:3]]
     return report
 
 
