@@ -8,7 +8,10 @@ import torch
 from llmbook.hub import load
 from llmbook.world import default_splits, sample_documents
 from llmbook.world.truth import (
+    TruthPosition,
     document_logits,
+    document_mean_with_se,
+    kl_by_temperature,
     kl_from_truth,
     mean_kl_by_temperature,
     position_logits,
@@ -72,3 +75,54 @@ def test_position_logits_and_true_support(setup):
         true_support(positions, 0)
     with pytest.raises(ValueError, match="vocab_size"):
         true_support(positions, 3)
+
+
+def test_kl_by_temperature_matches_the_position_by_position_kl(setup):
+    model, tok, _, docs, positions = setup
+    logits = document_logits(model, tok, docs)
+    grid = [0.0, 0.5, 1.0, 2.5]
+    table = kl_by_temperature(positions, logits, grid)
+    assert table.shape == (len(positions), len(grid))
+    for j, t in enumerate(grid):
+        expected = [kl_from_truth(p.truth, logits[p.doc][p.position], t) for p in positions]
+        for got, want in zip(table[:, j].tolist(), expected):
+            # float64 here, float32 in kl_from_truth
+            assert got == want or got == pytest.approx(want, rel=1e-3, abs=1e-5)
+    assert table[:, 2].mean().item() == pytest.approx(mean_kl_by_temperature(positions, logits, [1.0])[0], rel=1e-4)
+    with pytest.raises(ValueError, match="positions"):
+        kl_by_temperature([], logits, [1.0])
+    with pytest.raises(ValueError, match="temperatures"):
+        kl_by_temperature(positions, logits, [])
+
+
+def test_document_mean_with_se_counts_documents_not_positions():
+    pos = [TruthPosition(d, i, "", {0: 1.0}) for d, n in ((0, 3), (1, 1), (2, 2)) for i in range(n)]
+    values = [1.0, 1.0, 1.0, 4.0, 2.0, 2.0]
+    mean, se = document_mean_with_se(values, pos)
+    assert mean == pytest.approx(11 / 6)
+    # cluster sums 3, 4, 4 against mean * size 5.5, 1.833, 3.667
+    residuals = (3 - 5.5) ** 2 + (4 - 11 / 6) ** 2 + (4 - 11 / 3) ** 2
+    assert se == pytest.approx(math.sqrt(residuals * 3 / 2) / 6)
+    assert math.isnan(document_mean_with_se([1.0, 2.0], pos[:2])[1])  # one document
+    with pytest.raises(ValueError):
+        document_mean_with_se([1.0], pos)
+    with pytest.raises(ValueError):
+        document_mean_with_se([math.inf] * 6, pos)
+
+
+def test_positions_before_the_family_is_decided_are_marked():
+    from llmbook.hub import load
+    from llmbook.world import default_splits, sample_documents
+    from llmbook.world.truth import truth_positions
+
+    _, tokenizer = load("tinyworld-main")
+    kb = default_splits().train_kb
+    docs = sample_documents("qa", kb, 5, 1) + sample_documents("card", kb, 5, 1)
+    positions = truth_positions(docs, tokenizer, kb)
+    for d in range(2):
+        flags = [p.family_known for p in positions if p.doc == d]
+        # The document's start could open any family; once decided, the family stays decided.
+        assert flags[0] is False and flags[-1] is True
+        assert flags == sorted(flags)
+    # A QA pair opens like a ReAct trace ("Question: ..."): undecided for more than one token.
+    assert sum(not p.family_known for p in positions if p.doc == 0) > 1

@@ -19,11 +19,11 @@ from llmbook.model import CausalLM
 from llmbook.sampling import temperature_softmax
 from llmbook.tokenizer import Tokenizer
 
-from .documents import Document, true_next_token_distribution
+from .documents import FAMILIES, Document, true_next_token_distribution
 from .entities import KnowledgeBase
 
 __all__ = ["TruthPosition", "truth_positions", "document_logits", "position_logits", "true_support", "kl_from_truth",
-           "mean_kl_by_temperature"]
+           "mean_kl_by_temperature", "kl_by_temperature", "document_mean_with_se"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,11 @@ class TruthPosition:
     position: int
     prefix: str
     truth: dict[int, float]
+    #: False where another document family could also have written ``prefix`` (every
+    #: document's first token; a QA pair and a ReAct trace share their opening words).
+    #: There the truth is this document's family's, which the model cannot know yet: the
+    #: corpus's true next token mixes the families, so a fair score leaves these out.
+    family_known: bool = True
 
     @property
     def entropy(self) -> float:
@@ -44,6 +49,9 @@ class TruthPosition:
 
 def truth_positions(documents: Sequence[Document], tokenizer: Tokenizer, kb: KnowledgeBase) -> list[TruthPosition]:
     """Every token position of every document (and its end) with the true next-token distribution.
+
+    Each position says whether its prefix already rules out every other document family
+    (``family_known``); scores against the truth should use only those that do.
 
     ``kb`` is the view the documents were generated from (e.g. ``splits.train_kb``). The truth
     is conditioned on the prefix's tokens (see ``true_next_token_distribution``); a position
@@ -57,14 +65,27 @@ def truth_positions(documents: Sequence[Document], tokenizer: Tokenizer, kb: Kno
         if not isinstance(doc, Document):
             raise ValueError(f"documents must hold llmbook.world.Document objects, got {type(doc).__name__} at {d}")
         ids = tokenizer.encode(doc.text)
+        # Families that could still have written the prefix; a longer prefix never brings
+        # one back, so each is tested only until it is ruled out.
+        rivals = [f for f in FAMILIES if f != doc.family]
         for position in range(len(ids) + 1):
             prefix = tokenizer.decode(ids[:position])
+            rivals = [f for f in rivals if _admits(prefix, f, kb, tokenizer)]
             try:
                 truth = true_next_token_distribution(prefix, doc.family, kb, tokenizer)
             except ValueError:
                 continue
-            out.append(TruthPosition(d, position, prefix, truth))
+            out.append(TruthPosition(d, position, prefix, truth, family_known=not rivals))
     return out
+
+
+def _admits(prefix: str, family: str, kb: KnowledgeBase, tokenizer: Tokenizer) -> bool:
+    """Whether a document of ``family`` can begin with ``prefix``."""
+    try:
+        true_next_token_distribution(prefix, family, kb, tokenizer)
+    except ValueError:
+        return False
+    return True
 
 
 @torch.no_grad()
@@ -134,3 +155,56 @@ def mean_kl_by_temperature(positions: Sequence[TruthPosition], logits: Sequence[
         raise ValueError("positions must not be empty")
     return [sum(kl_from_truth(p.truth, logits[p.doc][p.position], t) for p in positions) / len(positions)
             for t in temperatures]
+
+
+@torch.no_grad()
+def kl_by_temperature(positions: Sequence[TruthPosition], logits: Sequence[torch.Tensor],
+                      temperatures: Sequence[float]) -> torch.Tensor:
+    """KL(truth || model at T) in nats for every position and temperature: ``(len(positions), len(temperatures))``.
+
+    The same numbers as :func:`kl_from_truth` (inf where a true token gets probability 0, as at
+    T = 0), computed for all positions at once, so a fine grid of temperatures is cheap.
+    """
+    if not positions:
+        raise ValueError("positions must not be empty")
+    if isinstance(temperatures, (str, bytes)) or not isinstance(temperatures, Sequence) or len(temperatures) == 0:
+        raise ValueError("temperatures must be a non-empty sequence of numbers")
+    stacked = position_logits(positions, logits).double()
+    truth = torch.zeros_like(stacked)
+    for i, p in enumerate(positions):
+        truth[i, list(p.truth)] = torch.tensor(list(p.truth.values()), dtype=truth.dtype)
+    support = truth > 0
+    log_truth = torch.where(support, truth, torch.ones_like(truth)).log()
+    columns = []
+    for t in temperatures:
+        q = temperature_softmax(stacked, t)
+        terms = torch.where(support, truth * (log_truth - q.log()), torch.zeros_like(truth))
+        columns.append(terms.sum(dim=-1))
+    return torch.stack(columns, dim=1).float()
+
+
+def document_mean_with_se(values: Sequence[float] | torch.Tensor, positions: Sequence[TruthPosition]) -> tuple[float, float]:
+    """Mean of one value per position and its standard error, each *document* counted as one draw.
+
+    Positions of one document are not independent (a model that misjudges a story's town
+    misjudges what follows), so the error is the ratio estimator's cluster-robust one (as
+    :func:`llmbook.text_stats.rate_with_se`, with sums of values in place of hit counts).
+    ``(mean, nan)`` with a single document.
+    """
+    values = [float(v) for v in values]
+    if len(values) != len(positions) or not values:
+        raise ValueError(f"values and positions must be non-empty and of equal length, got {len(values)} and "
+                         f"{len(positions)}")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("values must be finite")
+    sums: dict[int, float] = {}
+    counts: dict[int, int] = {}
+    for v, p in zip(values, positions):
+        sums[p.doc] = sums.get(p.doc, 0.0) + v
+        counts[p.doc] = counts.get(p.doc, 0) + 1
+    n, m = len(values), len(sums)
+    mean = sum(values) / n
+    if m < 2:
+        return mean, math.nan
+    residuals = sum((sums[d] - mean * counts[d]) ** 2 for d in sums)
+    return mean, math.sqrt(residuals * m / (m - 1)) / n
