@@ -6,6 +6,8 @@ import torch
 
 from llmbook.energy import (
     HopfieldNetwork,
+    ags_retrieval_state,
+    ags_retrieval_temperature,
     boltzmann,
     corrupt,
     entropy,
@@ -478,3 +480,65 @@ def test_heat_capacity_limits_and_infinite_energies():
     assert c[0].item() == pytest.approx(p * (1 - p))
     with pytest.raises(ValueError, match="temperature"):
         heat_capacity(energies, -1.0)
+
+
+# --------------------------------------------------------------------------------------
+# The AGS replica-symmetric theory of the retrieval temperature.
+# --------------------------------------------------------------------------------------
+
+
+def test_ags_at_zero_load_is_the_curie_weiss_equation():
+    assert ags_retrieval_temperature(0.0) == 1.0
+    # T_M(alpha) -> 1 as alpha -> 0, like 1 - 1.95 sqrt(alpha)
+    assert ags_retrieval_temperature(1e-4) == pytest.approx(1 - 1.95 * 0.01, abs=0.003)
+    for t in (0.5, 0.75, 0.95):
+        fixed_point = 1.0
+        for _ in range(5000):
+            fixed_point = math.tanh(fixed_point / t)
+        m, q, _ = ags_retrieval_state(0.0, t)
+        assert m == pytest.approx(fixed_point, abs=1e-6)
+        assert q == pytest.approx(fixed_point**2, abs=1e-6)
+    assert ags_retrieval_state(0.0, 1.05)[0] == 0.0
+
+
+def test_ags_retrieval_temperature_matches_the_small_load_expansion_and_known_values():
+    # Small alpha: the expansion 1 - 1.95 sqrt(alpha) (0.805 at alpha = 0.01).
+    assert ags_retrieval_temperature(0.01) == pytest.approx(0.80, abs=0.01)
+    assert ags_retrieval_temperature(0.01) == pytest.approx(1 - 1.95 * 0.1, abs=0.01)
+    # Larger alpha: the full theory lies below the expansion (AGS 1987, their phase diagram).
+    assert ags_retrieval_temperature(0.05) == pytest.approx(0.54, abs=0.01)
+    assert ags_retrieval_temperature(0.1) == pytest.approx(0.315, abs=0.005)
+    assert ags_retrieval_temperature(0.12) < 1 - 1.95 * math.sqrt(0.12) - 0.05
+
+
+def test_ags_retrieval_temperature_reaches_zero_at_the_capacity():
+    # alpha_c ~ 0.138: just below it retrieval survives only at low T, above it not at all.
+    assert 0.0 < ags_retrieval_temperature(0.137) < 0.1
+    assert ags_retrieval_temperature(0.14) == 0.0
+    assert ags_retrieval_state(0.14, 0.01)[0] == 0.0
+
+
+def test_ags_retrieval_state_is_a_fixed_point_and_vanishes_above_t_m():
+    alpha, t = 0.05, 0.4
+    m, q, r = ags_retrieval_state(alpha, t)
+    assert 0.5 < m < 1 and m**2 <= q < 1
+    z = torch.linspace(-10, 10, 20001, dtype=torch.float64)
+    w = torch.exp(-0.5 * z**2)
+    w = w / w.sum()
+    tanh = torch.tanh((m + math.sqrt(alpha * r) * z) / t)
+    assert float((w * tanh).sum()) == pytest.approx(m, abs=1e-6)
+    assert float((w * tanh**2).sum()) == pytest.approx(q, abs=1e-6)
+    assert r == pytest.approx(q / (1 - (1 - q) / t) ** 2, rel=1e-4)
+    t_m = ags_retrieval_temperature(alpha)
+    assert ags_retrieval_state(alpha, t_m - 0.005)[0] > 0.5  # a jump: m stays large up to T_M
+    assert ags_retrieval_state(alpha, t_m + 0.005)[0] == 0.0
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), "0.1", True])
+def test_ags_bad_arguments(bad):
+    with pytest.raises(ValueError, match="alpha"):
+        ags_retrieval_temperature(bad)
+    with pytest.raises(ValueError, match="alpha"):
+        ags_retrieval_state(bad, 0.5)
+    with pytest.raises(ValueError, match="temperature"):
+        ags_retrieval_state(0.05, 0.0)

@@ -510,3 +510,105 @@ def recall_accuracy(
         sweeps=sweeps,
         seed=seed,
     )
+
+
+# --------------------------------------------------------------------------------------
+# The large-N theory of the retrieval temperature (Amit, Gutfreund and Sompolinsky 1987).
+# --------------------------------------------------------------------------------------
+
+
+def _normal_grid(n_points: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points z_k on [-10, 10] and weights w_k (summing to 1) with sum_k w_k f(z_k) ~ E f(z), z ~ N(0, 1).
+
+    A uniform grid (the trapezoid rule with Gaussian weights), not Gauss-Hermite nodes: at
+    low T the integrands below are nearly steps, which a few hundred Gauss-Hermite nodes
+    resolve badly (they put the capacity near 0.14 instead of 0.138), while a grid of
+    spacing 0.005 resolves a step of width 1 / (beta sigma) down to T ~ 0.005.
+    """
+    z = torch.linspace(-10.0, 10.0, n_points, dtype=torch.float64)
+    w = torch.exp(-0.5 * z**2)
+    return z, w / w.sum()
+
+
+def ags_retrieval_state(
+    alpha: float,
+    temperature: float,
+    n_points: int = 4001,
+    max_iterations: int = 20_000,
+    tolerance: float = 1e-12,
+) -> tuple[float, float, float]:
+    """The replica-symmetric retrieval solution (m, q, r) of the Hopfield model at load alpha and T > 0.
+
+    Amit, Gutfreund and Sompolinsky (1987, ``amit1987statistical``; "AGS") solve the
+    Hebbian Hopfield network with P = alpha N random patterns for N -> infinity. In the
+    replica-symmetric approximation a state retrieving one pattern has an overlap m with
+    it, an Edwards-Anderson order parameter q and a crosstalk variance alpha r from the
+    other patterns, tied by (z a standard normal, beta = 1 / T)
+
+        m = E tanh(beta (m + sqrt(alpha r) z)),
+        q = E tanh^2(beta (m + sqrt(alpha r) z)),
+        r = q / (1 - beta (1 - q))^2.
+
+    The expectations over z use the trapezoid rule on ``n_points`` points of [-10, 10], and
+    beta (1 - q) is computed as E[z tanh(beta (m + sigma z))] / sigma (Stein's lemma),
+    which stays accurate when tanh is nearly a step (low T). The equations are iterated
+    from the perfect-retrieval start m = q = 1 until nothing moves by more than
+    ``tolerance``; the result is the retrieval solution if one exists, else m = 0 (the
+    iteration falls into the non-retrieval solution, or 1 - beta (1 - q) reaches 0).
+    At alpha = 0 this is the Curie-Weiss equation m = tanh(m / T).
+    """
+    alpha = _check_temperature(alpha, "alpha")
+    temperature = _check_temperature(temperature)
+    if temperature == 0.0:
+        raise ValueError("temperature must be > 0 for ags_retrieval_state")
+    n_points = _check_positive_int(n_points, "n_points")
+    z, w = _normal_grid(n_points)
+    beta = 1.0 / temperature
+    m, q, r = 1.0, 1.0, 1.0
+    for _ in range(max_iterations):
+        sigma = math.sqrt(alpha * r)
+        tanh = torch.tanh(beta * (m + sigma * z))
+        m_new = float((w * tanh).sum())
+        q_new = float((w * tanh**2).sum())
+        if sigma > 0:
+            susceptibility = float((w * z * tanh).sum()) / sigma  # beta (1 - q), by Stein's lemma
+        else:
+            susceptibility = beta * (1.0 - q_new)
+        if susceptibility >= 1.0:  # r would be infinite: no retrieval state here
+            return 0.0, q_new, math.inf
+        r_new = q_new / (1.0 - susceptibility) ** 2
+        if m_new < 1e-9:
+            return 0.0, q_new, r_new
+        moved = max(abs(m_new - m), abs(q_new - q), abs(r_new - r))
+        m, q, r = m_new, q_new, r_new
+        if moved < tolerance:
+            break
+    return m, q, r
+
+
+def ags_retrieval_temperature(alpha: float, n_points: int = 4001, resolution: float = 1e-4) -> float:
+    """T_M(alpha): the highest temperature at which the AGS retrieval solution (m > 0) exists.
+
+    Found by bisection in T on :func:`ags_retrieval_state` (to ``resolution``). At
+    alpha = 0 it is T_c = 1 (the Curie-Weiss transition, second order); for small alpha
+    it behaves like 1 - 1.95 sqrt(alpha); it reaches 0 at the capacity alpha_c ~ 0.138
+    (AGS, ``amit1987statistical``). Above alpha = 0.051 and T > 0, and for T between a
+    lower line T_c(alpha) and T_M(alpha), the retrieval states are only metastable (local
+    minima of the free energy, not the global one): T_M is where they stop existing, a
+    first-order (discontinuous) jump of m for alpha > 0. Returns 0 when no retrieval
+    solution exists at any T >= 0.005 (the grid's limit).
+    """
+    alpha = _check_temperature(alpha, "alpha")
+    if alpha == 0.0:
+        return 1.0
+
+    def retrieves(t: float) -> bool:
+        return ags_retrieval_state(alpha, t, n_points)[0] > 1e-3
+
+    low, high = max(resolution, 0.005), 1.0
+    if not retrieves(low):
+        return 0.0
+    while high - low > resolution:
+        middle = (low + high) / 2
+        low, high = (middle, high) if retrieves(middle) else (low, middle)
+    return low
