@@ -97,7 +97,10 @@ def test_figure_frames_share_one_size_at_twice_the_displayed_resolution():
         ax.set_ylabel("a label" * a)  # longer labels would change a tight bounding box
         return fig
 
-    w = precomputed(labelled, {"a": [1, 4]}, dpi=50)
+    from llmbook.plots import book_style
+
+    with book_style():  # the book's style crops saved figures ("tight"): frames must not be
+        w = precomputed(labelled, {"a": [1, 4]}, dpi=50)
     sizes = {png_size(frame.data) for frame in w.frames}
     assert sizes == {(200, 150)}  # 2 x 1.5 inches at 2 x 50 dpi
     assert {frame.width for frame in w.frames} == {100}

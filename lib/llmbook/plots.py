@@ -83,9 +83,9 @@ def figure_png(fig: "plt.Figure", dpi: int = 80, *, tight: bool = True) -> bytes
     if not 20 <= dpi <= 300:
         raise ValueError(f"dpi must be in [20, 300], got {dpi}")
     buffer = io.BytesIO()
-    bbox = "tight" if tight else None
-    fig.savefig(
-        buffer, format="png", dpi=dpi, bbox_inches=bbox, metadata={"Software": None}, pil_kwargs={"optimize": True}
-    )
+    # bbox_inches=None would fall back to rcParams["savefig.bbox"] ("tight" in the book's
+    # style): the whole canvas is asked for through the rc setting itself.
+    with plt.rc_context({"savefig.bbox": "tight" if tight else "standard"}):
+        fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None}, pil_kwargs={"optimize": True})
     plt.close(fig)
     return buffer.getvalue()
