@@ -120,14 +120,7 @@ def rate_with_se(hits: Sequence[int], totals: Sequence[int]) -> tuple[float, flo
             raise ValueError(f"{name} must hold non-negative ints")
     if any(h > t for h, t in zip(hits, totals)):
         raise ValueError("every hits[i] must be <= totals[i]")
-    m, judged = len(totals), sum(totals)
-    if judged == 0:
-        return math.nan, math.nan
-    rate = sum(hits) / judged
-    if m < 2:
-        return rate, math.nan
-    residuals = sum((h - rate * t) ** 2 for h, t in zip(hits, totals))
-    return rate, math.sqrt(residuals * m / (m - 1)) / judged
+    return ratio_with_se(list(hits), list(totals))
 
 
 def ratio_with_se(sums: Sequence[float], counts: Sequence[int | float]) -> tuple[float, float]:

@@ -17,6 +17,7 @@ import torch
 
 from llmbook.model import CausalLM
 from llmbook.sampling import temperature_softmax
+from llmbook.text_stats import ratio_with_se
 from llmbook.tokenizer import Tokenizer
 
 from .documents import FAMILIES, Document, true_next_token_distribution
@@ -202,9 +203,4 @@ def document_mean_with_se(values: Sequence[float] | torch.Tensor, positions: Seq
     for v, p in zip(values, positions):
         sums[p.doc] = sums.get(p.doc, 0.0) + v
         counts[p.doc] = counts.get(p.doc, 0) + 1
-    n, m = len(values), len(sums)
-    mean = sum(values) / n
-    if m < 2:
-        return mean, math.nan
-    residuals = sum((sums[d] - mean * counts[d]) ** 2 for d in sums)
-    return mean, math.sqrt(residuals * m / (m - 1)) / n
+    return ratio_with_se(list(sums.values()), list(counts.values()))
