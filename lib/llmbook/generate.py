@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from llmbook.constrained import GrammarConstraint, grammar_constraint
 from llmbook.model import CausalLM
 from llmbook.sampling import draw, probabilities, row_generators
 from llmbook.tokenizer import Tokenizer
@@ -43,6 +44,8 @@ class GenerationResult:
     ``distributions``: (batch, steps, vocab) float32 CPU tensor of the processed distributions of the
     first ``record_distributions`` steps (rows that had finished hold the distribution they were not sampled from).
     ``finish_reasons[i]``: ``'eos'``, ``'stop'`` (a stop string) or ``'length'`` (max_new_tokens reached).
+    ``complete[i]`` (constrained generation only, else None): the row's text is a whole sentence of the
+    grammar. A row cut by ``max_new_tokens`` before its JSON closes is *incomplete*, never valid.
     """
 
     prompt_ids: list[list[int]]
@@ -51,6 +54,7 @@ class GenerationResult:
     finish_reasons: list[str]
     texts: list[str] = field(default_factory=list)
     distributions: torch.Tensor | None = None
+    complete: list[bool] | None = None
 
     @property
     def text(self) -> str:
@@ -85,6 +89,7 @@ def _suppress_mask(ids: Sequence[int] | None, vocab: int, device: torch.device) 
 
 # A step hook sees (step, chosen ids of all rows as a list, rows still running) and returns the
 # rows that must stop now (e.g. a stop string appeared). Used by `generate` for text-level logic.
+Constraint = GrammarConstraint
 StepHook = Callable[[int, list[int], list[bool]], Sequence[int]]
 
 
@@ -104,6 +109,7 @@ def generate_ids(
     record_distributions: int = 0,
     on_step: StepHook | None = None,
     suppress_token_ids: Sequence[int] | None = None,
+    constraint: Constraint | None = None,
 ) -> GenerationResult:
     """Generate from token-id prompts (a list of lists); the loop behind :func:`generate`.
 
@@ -126,6 +132,10 @@ def generate_ids(
     ``suppress_token_ids``: ids never to sample (their logits are set to -inf before the sampler
     sees them, as transformers' ``suppress_tokens``); :func:`generate` passes the ids its
     tokenizer cannot decode.
+    ``constraint``: a grammar constraint (:func:`llmbook.constrained.grammar_constraint`): at each
+    step the logits of tokens the grammar does not allow become -inf *before* temperature and
+    truncation, EOS is allowed only where the text is complete, and ``result.complete`` says which
+    rows are.
     """
     if not isinstance(model, CausalLM):
         raise ValueError(f"model must be a llmbook CausalLM, got {type(model).__name__}")
@@ -175,6 +185,10 @@ def generate_ids(
     else:
         generators = row_generators(seed, batch)
     suppressed = _suppress_mask(suppress_token_ids, vocab, model.device)
+    if constraint is not None:
+        if not (hasattr(constraint, "masks") and hasattr(constraint, "advance")):
+            raise ValueError(f"constraint must be a grammar constraint, got {type(constraint).__name__}")
+        constraint.start(batch, eos)
     settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     # Validate the sampler settings now, not after an expensive prefill.
     probabilities(torch.zeros(1, 2), **settings)
@@ -183,6 +197,8 @@ def generate_ids(
     result = GenerationResult(prompt_ids=prompts, tokens=[[] for _ in prompts],
                               token_probs=[[] for _ in prompts], finish_reasons=[FINISH_LENGTH] * batch)
     if max_new_tokens == 0:
+        if constraint is not None:
+            result.complete = constraint.complete()
         return result
 
     # Left-pad to a rectangle; the pad value is never attended to (token 0 is as good as any).
@@ -208,6 +224,12 @@ def generate_ids(
         scores = logits.float()  # sample in float32 whatever the model's dtype
         if suppressed is not None:
             scores = scores.masked_fill(suppressed, float("-inf"))
+        if constraint is not None:
+            allowed = constraint.masks(running).to(device)  # (B, V) bool
+            dead = [i for i, ok in enumerate(allowed.any(dim=-1).tolist()) if not ok]
+            if dead:
+                raise RuntimeError(f"row {dead[0]}: the grammar allows no token of this vocabulary here")
+            scores = scores.masked_fill(~allowed, float("-inf"))
         probs = probabilities(scores, **settings)  # (B, V): the distribution `token` is drawn from
         # Greedy is the argmax (first index on ties), the one token of the one-hot probs.
         token = scores.argmax(dim=-1) if temperature == 0 else draw(probs, generator=generators)  # (B,)
@@ -218,6 +240,8 @@ def generate_ids(
 
         # Rows that end now: EOS, or whatever the hook (stop strings) says.
         token_list = token.tolist()
+        if constraint is not None:
+            constraint.advance(token_list, running)
         ended = []
         if eos:
             ended = [i for i, hit in enumerate(torch.isin(token, eos_t).tolist()) if hit and running[i]]
@@ -241,6 +265,8 @@ def generate_ids(
         result.token_probs[i] = p_list[i][: last_step[i] + 1]
     if recorded:
         result.distributions = torch.stack(recorded, dim=1)  # (B, N, V)
+    if constraint is not None:
+        result.complete = constraint.complete()
     return result
 
 
@@ -353,6 +379,10 @@ def generate(
     add_bos: bool | None = None,
     stream: Callable[[int, str], None] | None = None,
     record_distributions: int = 0,
+    json_schema: dict | None = None,
+    grammar: object | None = None,
+    grammar_cache: bool = True,
+    grammar_prefix: str = "",
 ) -> GenerationResult:
     """Continue ``prompts`` (a string or a list of strings) with ``model``; returns a :class:`GenerationResult`.
 
@@ -384,6 +414,14 @@ def generate(
     logits are -inf before the sampler (``token_probs`` and ``distributions`` are over the tokens
     that remain). EOS ids are kept even there: they end a row and are never decoded.
     (transformers samples them and decodes them to ''.)
+
+    **Constrained output.** ``json_schema=`` (a JSON-Schema subset) or ``grammar=`` (``"json"`` or a
+    :class:`llmbook.constrained.Grammar`) masks every token the grammar does not allow, step by
+    step; EOS is allowed only where the text is complete. ``result.complete[i]`` is True when row
+    i's text is a whole sentence of the grammar; a row that reaches ``max_new_tokens`` first is
+    incomplete. ``grammar_cache=False`` computes each mask from scratch (the slow reference).
+    ``grammar_prefix``: the start of the constrained text that the prompts already end with (a
+    prompt ``'{"name": "'`` is continued inside the name's string).
     """
     if not isinstance(tokenizer, Tokenizer):
         raise ValueError(f"tokenizer must be a llmbook Tokenizer, got {type(tokenizer).__name__}")
@@ -415,10 +453,17 @@ def generate(
             eos.update(model.generation_config.eos_token_id)
     suppress = [i for i in _undecodable_ids(tokenizer, model.config.vocab_size) if i not in eos]
     tracker = _TextTracker(tokenizer, prompt_ids, stop, eos, stream) if (stop or stream) else None
+    constraint = None
+    if grammar_prefix and json_schema is None and grammar is None:
+        raise ValueError("grammar_prefix needs json_schema= or grammar=")
+    if json_schema is not None or grammar is not None:
+        constraint = grammar_constraint(tokenizer, model.config.vocab_size, json_schema=json_schema,
+                                        grammar=grammar, cache=grammar_cache, prefix=grammar_prefix)
     result = generate_ids(
         model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         min_p=min_p, seed=seed, generator=generator, eos_token_ids=sorted(eos) or None,
         record_distributions=record_distributions, on_step=tracker, suppress_token_ids=suppress or None,
+        constraint=constraint,
     )
     if tracker is not None:
         tracker.finish()
