@@ -412,7 +412,9 @@ def _string_body() -> Expr:
 
 
 _DIGITS = chars(b"0-9")
-_INT_SYNTAX = seq(opt(lit("-")), alt(lit("0"), seq(chars(b"1-9"), star(_DIGITS))))
+# "-0" is JSON but not a distinct integer; XGrammar refuses it, and so does this grammar.
+_INT_SYNTAX = alt(lit("0"), seq(opt(lit("-")), chars(b"1-9"), star(_DIGITS)))
+_NUMBER_INT = seq(opt(lit("-")), alt(lit("0"), seq(chars(b"1-9"), star(_DIGITS))))
 _FRACTION_EXP = seq(opt(seq(lit("."), plus(_DIGITS))),
                     opt(seq(chars(b"eE"), opt(chars(b"+-")), plus(_DIGITS))))
 
@@ -421,7 +423,7 @@ def _common_rules() -> dict[str, Expr]:
     return {
         "string": seq(lit('"'), _string_body(), lit('"')),
         "integer": _INT_SYNTAX,
-        "number": seq(_INT_SYNTAX, _FRACTION_EXP),
+        "number": seq(_NUMBER_INT, _FRACTION_EXP),
         "boolean": alt(lit("true"), lit("false")),
         "null": lit("null"),
     }
