@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llmbook.constrained import (
-    Grammar, GrammarMatcher, MaskCache, alt, chars, integer_range, json_grammar, json_schema_grammar, lit,
-    ref, seq, star, vocabulary,
+    Grammar, GrammarMatcher, MaskCache, alt, chars, grammar_constraint, integer_range, json_grammar,
+    json_schema_grammar, lit, ref, seq, star, vocabulary,
 )
 from llmbook.generate import generate
 from llmbook.hub import load
@@ -330,3 +330,71 @@ def test_generate_rejects_bad_constraint_arguments(tiny):
         generate(model, tok, "x", grammar_prefix="{")
     with pytest.raises(ValueError, match="EOS"):
         generate(model, tok, "x", grammar="json", stop_at_eos=False)
+
+
+# ------------------------------------------------------------------ engine="xgrammar" behind the same interface
+def _same_generation(model, tok, **kw):
+    ours = generate(model, tok, grammar_engine="llmbook", **kw)
+    theirs = generate(model, tok, grammar_engine="xgrammar", **kw)
+    assert theirs.tokens == ours.tokens
+    assert theirs.complete == ours.complete
+    assert theirs.finish_reasons == ours.finish_reasons and theirs.texts == ours.texts
+    return ours
+
+
+@pytest.mark.parametrize("temperature", [0, 1.3])
+def test_xgrammar_engine_generates_the_same_tokens(tiny, temperature):
+    """Same masks => same tokens: greedy and seeded sampling, card schema, one row cut by the length."""
+    pytest.importorskip("xgrammar")
+    model, tok = tiny
+    prompts = ["", "{", "The card:", "Name", "x", "{\"", "Ada", ""]
+    r = _same_generation(model, tok, prompts=prompts, max_new_tokens=90, temperature=temperature,
+                         seed=[11, 12, 13, 14, 15, 16, 17, 18], json_schema=CARD, add_bos=True)
+    assert True in r.complete  # both outcomes occur, so the flags are really compared
+    short = _same_generation(model, tok, prompts=prompts[:2], max_new_tokens=6, temperature=temperature, seed=3,
+                             json_schema=CARD, add_bos=True)
+    assert short.complete == [False, False]
+    if temperature:
+        assert len({tuple(t) for t in r.tokens}) > 1
+    for text, complete in zip(r.texts, r.complete):
+        if complete:
+            jsonschema.validate(json.loads(text), CARD)
+
+
+def test_xgrammar_engine_with_a_prefix_and_any_json(tiny):
+    pytest.importorskip("xgrammar")
+    model, tok = tiny
+    prefix = '{"name": "'
+    _same_generation(model, tok, prompts=[prefix] * 4, max_new_tokens=80, temperature=1.0, seed=7,
+                     json_schema=CARD, grammar_prefix=prefix, add_bos=True)
+    r = _same_generation(model, tok, prompts=["", "[", "{"], max_new_tokens=40, temperature=1.2, seed=9,
+                         grammar="json", add_bos=True)
+    assert any(r.complete)
+
+
+def test_engine_arguments_are_checked(tiny):
+    model, tok = tiny
+    for bad in ["XGrammar", "llguidance", "", None, 1]:
+        with pytest.raises(ValueError, match="grammar_engine must be one of"):
+            generate(model, tok, "x", json_schema=CARD, grammar_engine=bad)
+        with pytest.raises(ValueError, match="engine must be one of"):
+            grammar_constraint(tok, model.config.vocab_size, json_schema=CARD, engine=bad)
+    with pytest.raises(ValueError, match="engine='llmbook'"):
+        generate(model, tok, "x", grammar=json_grammar(), grammar_engine="xgrammar")
+    with pytest.raises(ValueError, match="needs json_schema"):
+        generate(model, tok, "x", grammar_engine="xgrammar")
+    with pytest.raises(ValueError, match="'pattern'"):  # llmbook's subset on both engines
+        generate(model, tok, "x", json_schema={"type": "string", "pattern": "a+"}, grammar_engine="xgrammar")
+    with pytest.raises(ValueError, match="cannot start"):
+        generate(model, tok, "x", json_schema=CARD, grammar_prefix="[", grammar_engine="xgrammar")
+
+
+def test_xgrammar_engine_without_xgrammar_names_the_package(tiny, monkeypatch):
+    import sys
+
+    import llmbook.constrained as constrained
+    model, tok = tiny
+    monkeypatch.setitem(sys.modules, "xgrammar", None)  # `import xgrammar` now raises ImportError
+    monkeypatch.setattr(constrained, "_XGRAMMAR_COMPILERS", {})
+    with pytest.raises(ImportError, match="needs the xgrammar package"):
+        generate(model, tok, "x", json_schema=CARD, grammar_engine="xgrammar")

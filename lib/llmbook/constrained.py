@@ -33,6 +33,10 @@ keyword that constrains a value raises ``ValueError`` naming it; annotations (``
 ones skippable: the configuration the parity tests give XGrammar (``any_whitespace=False``)
 and llguidance (``whitespace_flexible: false``).
 
+**Engines.** ``grammar_constraint(..., engine="xgrammar")`` (``generate(..., grammar_engine=)``)
+runs the same schema on XGrammar, the production engine (a dev dependency, imported only then),
+behind the same interface; the parity tests compare both engines' masks, and llguidance's.
+
 **Not** sampling from the model conditioned on valid output: the mask is applied step by step,
 so p~(x_t | x_<t) is proportional to p(x_t | x_<t) 1[x_t allowed], which ignores how likely a
 valid *completion* is after x_t (Park et al. 2024, "Grammar-aligned decoding",
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import json
 import math
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -54,7 +59,8 @@ from llmbook.tokenizer import Tokenizer
 __all__ = [
     "Grammar", "TokenVocabulary", "MaskCache", "GrammarMatcher", "CacheStats",
     "lit", "chars", "seq", "alt", "star", "plus", "opt", "rep", "ref",
-    "json_schema_grammar", "json_grammar", "vocabulary", "grammar_constraint",
+    "json_schema_grammar", "json_grammar", "closed_objects", "vocabulary", "grammar_constraint",
+    "ENGINES", "XGrammarConstraint", "xgrammar_compile",
 ]
 
 # ---------------------------------------------------------------------------------- expressions
@@ -692,6 +698,21 @@ def integer_range(low: int | None, high: int | None) -> Expr:
     return alt(*parts)
 
 
+def closed_objects(schema: Any) -> Any:
+    """A copy of ``schema`` with ``additionalProperties: false`` written on every object that lists
+    properties: what this module assumes when it is absent. JSON Schema's own default (and
+    llguidance's) is ``true``; pass this to such an engine to compile the same language."""
+    if isinstance(schema, list):
+        return [closed_objects(s) for s in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    out = {k: closed_objects(v) if k in ("items", "anyOf") else v for k, v in schema.items()}
+    if "properties" in schema:
+        out["properties"] = {k: closed_objects(v) for k, v in schema["properties"].items()}
+        out.setdefault("additionalProperties", False)
+    return out
+
+
 def json_schema_grammar(schema: Mapping[str, Any], *, separators: tuple[str, str] = (", ", ": ")) -> Grammar:
     """The grammar of the one-line JSON texts that satisfy ``schema`` (the subset in the module docstring).
 
@@ -778,15 +799,20 @@ class TokenVocabulary:
                 f"size={self.size})")
 
 
-_VOCABULARIES: dict[tuple[int, int], TokenVocabulary] = {}
+# Keyed by the tokenizer object itself (weakly: the entry goes with the tokenizer), never by
+# id(), which a new tokenizer may reuse once the old one is garbage-collected.
+_VOCABULARIES: "weakref.WeakKeyDictionary[Tokenizer, dict[int, TokenVocabulary]]" = weakref.WeakKeyDictionary()
 
 
 def vocabulary(tokenizer: Tokenizer, size: int | None = None) -> TokenVocabulary:
     """The (cached) :class:`TokenVocabulary` of ``tokenizer`` for a model of ``size`` embeddings."""
-    key = (id(tokenizer), tokenizer.vocab_size if size is None else int(size))
-    vocab = _VOCABULARIES.get(key)
+    if not isinstance(tokenizer, Tokenizer):
+        raise ValueError(f"tokenizer must be a llmbook Tokenizer, got {type(tokenizer).__name__}")
+    per_size = _VOCABULARIES.setdefault(tokenizer, {})
+    key = tokenizer.vocab_size if size is None else int(size)
+    vocab = per_size.get(key)
     if vocab is None:
-        vocab = _VOCABULARIES[key] = TokenVocabulary(tokenizer, size)
+        vocab = per_size[key] = TokenVocabulary(tokenizer, size)
     return vocab
 
 
@@ -1025,15 +1051,31 @@ GrammarLike = Union[Grammar, str]
 
 def grammar_constraint(tokenizer: Tokenizer, vocab_size: int, *, json_schema: Mapping | None = None,
                        grammar: GrammarLike | None = None, cache: bool = True,
-                       prefix: str = "") -> GrammarConstraint:
+                       prefix: str = "", engine: str = "llmbook") -> GrammarConstraint | XGrammarConstraint:
     """Build the constraint for :func:`llmbook.generate.generate`: a schema, ``grammar="json"`` or a
     :class:`Grammar` (exactly one). ``prefix``: the start of the constrained text that the prompt
-    already holds (each row's matcher begins after it; ``ValueError`` if the grammar rejects it)."""
+    already holds (each row's matcher begins after it; ``ValueError`` if the grammar rejects it).
+
+    ``engine="llmbook"`` runs this module's matchers (``cache``: share a :class:`MaskCache`);
+    ``engine="xgrammar"`` runs XGrammar (imported only then; see :class:`XGrammarConstraint`) on
+    the same schema, compiled in the same output format. The schema must still be in llmbook's
+    subset (the same ``ValueError`` otherwise; XGrammar would silently ignore some keywords), and
+    enum/const values that XGrammar spells its own way (objects and arrays without the separators'
+    spaces, DEL escaped, whole floats as integers: see ``_xgrammar_spelling_problem``) raise
+    ``ValueError``, so the two engines constrain to the same language: the parity tests find their
+    masks identical but for UTF-8-encoded surrogates (``ED A0..BF``), which XGrammar allows inside
+    strings and llmbook does not. A :class:`Grammar` object runs only on llmbook; ``grammar="json"``
+    on XGrammar is its empty schema (any JSON value, our separators: :func:`xgrammar_compile`).
+    """
+    _check_engine(engine)
     if (json_schema is None) == (grammar is None):
         raise ValueError("pass exactly one of json_schema= and grammar=")
     if json_schema is not None:
         g = json_schema_grammar(json_schema)
     elif isinstance(grammar, Grammar):
+        if engine != "llmbook":
+            raise ValueError(f"a llmbook Grammar object runs only with engine='llmbook' (got engine={engine!r}); "
+                             "pass json_schema= or grammar='json' to use another engine")
         g = grammar
     elif grammar == "json":
         g = json_grammar()
@@ -1043,5 +1085,188 @@ def grammar_constraint(tokenizer: Tokenizer, vocab_size: int, *, json_schema: Ma
         raise ValueError(f"prefix must be a str, got {type(prefix).__name__}")
     if not g.accepts_prefix(prefix):
         raise ValueError(f"prefix {prefix!r} cannot start a sentence of the grammar")
+    if engine == "xgrammar":
+        problem = _xgrammar_spelling_problem(json_schema) if json_schema is not None else None
+        if problem:
+            raise ValueError(f"json_schema at {problem}: engine='xgrammar' would not write the text llmbook "
+                             "writes here, so it is refused; use engine='llmbook'")
+        compiled = xgrammar_compile(tokenizer, vocab_size, json_schema=json_schema, any_json=json_schema is None)
+        return XGrammarConstraint(compiled, vocab_size, prefix.encode("utf-8"))
     vocab = vocabulary(tokenizer, vocab_size)
     return GrammarConstraint(g, vocab, MaskCache(g, vocab) if cache else None, prefix.encode("utf-8"))
+
+
+# ---------------------------------------------------------------------------------- a production engine
+ENGINES = ("llmbook", "xgrammar")
+
+
+def _check_engine(engine: Any) -> str:
+    if not isinstance(engine, str) or engine not in ENGINES:
+        raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
+    return engine
+
+
+def _import_xgrammar():
+    """XGrammar, imported only when asked for: it is a dev dependency (the parity reference), not one of
+    llmbook's."""
+    try:
+        import xgrammar
+    except ImportError as err:
+        raise ImportError("engine='xgrammar' needs the xgrammar package, which llmbook does not install "
+                          "(it is in llmbook's dev extra): pip install 'xgrammar>=0.2.9'") from err
+    return xgrammar
+
+
+_XGRAMMAR_COMPILERS: dict[tuple[int, int], tuple[Tokenizer, Any]] = {}
+
+
+def _xgrammar_compiler(tokenizer: Tokenizer, vocab_size: int):
+    """An ``xgrammar.GrammarCompiler`` for ``tokenizer`` and a model of ``vocab_size`` embeddings (cached).
+
+    The tokens are given as their exact bytes (``VocabType.RAW``). Special tokens (and holes) get
+    ``b""``, XGrammar's mark for "never text": it treats any other string, ``<|im_start|>`` included,
+    as text that may appear inside a JSON string; ids past the tokenizer's are special too. The stop
+    tokens are set per matcher (``override_stop_tokens``: the generation's EOS ids).
+    """
+    key = (id(tokenizer), vocab_size)
+    hit = _XGRAMMAR_COMPILERS.get(key)
+    if hit is not None and hit[0] is tokenizer:
+        return hit[1]
+    xgr = _import_xgrammar()
+    if vocab_size < tokenizer.vocab_size:
+        raise ValueError(f"vocab_size ({vocab_size}) must be >= the tokenizer's vocabulary ({tokenizer.vocab_size})")
+    blank = set(tokenizer.special_ids) | set(tokenizer.unassigned_ids)
+    try:
+        encoded = [b"" if i in blank else tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size)]
+    except ValueError as err:
+        raise ValueError("constrained decoding needs a tokenizer whose tokens are byte strings "
+                         f"(byte-level BPE, or SentencePiece with byte fallback): {err}") from None
+    stop = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else None
+    info = xgr.TokenizerInfo(encoded, xgr.VocabType.RAW, vocab_size=vocab_size, stop_token_ids=stop)
+    compiler = xgr.GrammarCompiler(info, cache_enabled=True)
+    _XGRAMMAR_COMPILERS[key] = (tokenizer, compiler)
+    return compiler
+
+
+def xgrammar_compile(tokenizer: Tokenizer, vocab_size: int, *, json_schema: Mapping | None = None,
+                     any_json: bool = False):
+    """XGrammar's compiled grammar for a schema, or for any JSON value (``any_json``), in llmbook's
+    output format: one line, separators ``", "`` and ``": "`` (``any_whitespace=False``), and
+    ``strict_mode=True`` (no properties or items beyond those listed, as llmbook).
+
+    Any JSON uses the empty schema ``{}`` with those separators, not XGrammar's builtin JSON grammar:
+    that one allows free whitespace (``[ \\n\\t\\r]*``) between all tokens and only an object or an
+    array at the top, unlike :func:`json_grammar`; ``{}`` admits any value with exactly our
+    separators, which is :func:`json_grammar`'s language (the parity tests compare the masks).
+    """
+    compiler = _xgrammar_compiler(tokenizer, vocab_size)
+    schema = "{}" if any_json else json.dumps(json_schema, default=dict)
+    return compiler.compile_json_schema(schema, any_whitespace=False, separators=(", ", ": "), strict_mode=True)
+
+
+def _xgrammar_spelling_problem(schema: Any, where: str = "#") -> str | None:
+    """Why XGrammar would write a value of ``schema`` differently from llmbook, or None.
+
+    XGrammar spells enum/const values with its own serializer, not as :func:`json.dumps` does:
+    objects and arrays compact (``{"a":[1,2]}``, ignoring the separators), DEL as ``\\u007f`` (in
+    property names too), whole floats as integers (``1.0`` -> ``1``, ``-0.0`` -> ``-0``), integers
+    past 64 bits as doubles. llmbook keeps one spelling, json.dumps's with the configured separators.
+    """
+    if isinstance(schema, list):
+        for i, s in enumerate(schema):
+            problem = _xgrammar_spelling_problem(s, f"{where}/{i}")
+            if problem:
+                return problem
+        return None
+    if not isinstance(schema, Mapping):
+        return None
+
+    def value_problem(v: Any) -> str | None:
+        if isinstance(v, str):
+            return "a string with DEL (XGrammar writes \\u007f)" if "\x7f" in v else None
+        if isinstance(v, float):
+            return f"the whole float {v!r} (XGrammar writes it as an integer)" if v.is_integer() else None
+        if isinstance(v, int) and not isinstance(v, bool) and not -2**63 <= v < 2**63:
+            return f"the integer {v} beyond 64 bits (XGrammar writes a double)"
+        if isinstance(v, (list, dict)):
+            if json.dumps(v, separators=(", ", ": ")) != json.dumps(v, separators=(",", ":")):
+                return f"the {type(v).__name__} {v!r} (XGrammar writes it without the separators' spaces)"
+            items = list(v.items()) if isinstance(v, dict) else [(None, x) for x in v]
+            for key, x in items:
+                problem = value_problem(key) or value_problem(x)
+                if problem:
+                    return problem
+        return None
+
+    for key in ("enum", "const"):
+        if key in schema:
+            values = schema[key] if key == "enum" and isinstance(schema[key], list) else [schema[key]]
+            for v in values:
+                problem = value_problem(v)
+                if problem:
+                    return f"{where}/{key}: {problem}"
+    for name, sub in schema.get("properties", {}).items():  # a Mapping: json_schema_grammar checked it
+        if "\x7f" in name:
+            return f"{where}/properties: the property name {name!r} has DEL (XGrammar writes \\u007f)"
+        problem = _xgrammar_spelling_problem(sub, f"{where}/properties/{name}")
+        if problem:
+            return problem
+    for key in ("items", "anyOf"):
+        if key in schema:
+            problem = _xgrammar_spelling_problem(schema[key], f"{where}/{key}")
+            if problem:
+                return problem
+    return None
+
+
+def _unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """XGrammar's int32 bitmask (B, ceil(V/32)), bit j of word w = token 32 w + j -> bool (B, V)."""
+    bits = (bitmask.unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1
+    return bits.view(bitmask.shape[0], -1)[:, :vocab_size].bool()
+
+
+@dataclass
+class XGrammarConstraint:
+    """The :class:`GrammarConstraint` interface run by XGrammar: one ``xgrammar.GrammarMatcher`` per row.
+
+    ``masks`` fills XGrammar's token bitmask row by row (``fill_next_token_bitmask``) and unpacks it
+    to the (batch, vocab) bool mask :func:`llmbook.generate.generate_ids` applies; ``advance``
+    accepts each running row's token; ``complete`` is XGrammar's ``is_terminated()`` (the row ended
+    on a stop token) or ``is_completed()`` (its text is a whole sentence, the row cut there).
+    """
+
+    compiled: Any  # xgrammar.CompiledGrammar
+    vocab_size: int
+    prefix: bytes = b""
+    matchers: list = field(default_factory=list)
+    _bitmask: torch.Tensor | None = None
+
+    def start(self, batch: int, eos_token_ids: Sequence[int]) -> None:
+        if not eos_token_ids:
+            raise ValueError("constrained generation needs an EOS id to end a complete row "
+                             "(stop_at_eos=False or a tokenizer without EOS)")
+        xgr = _import_xgrammar()
+        stop = [int(e) for e in eos_token_ids]
+        self.matchers = [xgr.GrammarMatcher(self.compiled, override_stop_tokens=stop) for _ in range(batch)]
+        for m in self.matchers:
+            if self.prefix and not m.accept_string(self.prefix):
+                raise ValueError(f"xgrammar does not allow the prefix {self.prefix!r}")
+        self._bitmask = xgr.allocate_token_bitmask(batch, self.vocab_size)
+
+    def masks(self, running: Sequence[bool]) -> torch.Tensor:
+        """(batch, vocab) bool: the allowed tokens of each running row (finished rows: all True)."""
+        bitmask = self._bitmask
+        for i, (m, r) in enumerate(zip(self.matchers, running)):
+            if r:
+                m.fill_next_token_bitmask(bitmask, i)
+            else:
+                bitmask[i] = -1
+        return _unpack_bitmask(bitmask, self.vocab_size)
+
+    def advance(self, tokens: Sequence[int], running: Sequence[bool]) -> None:
+        for i, (m, t, r) in enumerate(zip(self.matchers, tokens, running)):
+            if r and not m.accept_token(int(t)):
+                raise ValueError(f"row {i}: xgrammar does not allow token {t} here")
+
+    def complete(self) -> list[bool]:
+        return [m.is_terminated() or m.is_completed() for m in self.matchers]

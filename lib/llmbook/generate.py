@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llmbook.constrained import GrammarConstraint, grammar_constraint
+from llmbook.constrained import ENGINES, GrammarConstraint, grammar_constraint
 from llmbook.model import CausalLM
 from llmbook.sampling import draw, probabilities, row_generators
 from llmbook.tokenizer import Tokenizer
@@ -383,6 +383,7 @@ def generate(
     grammar: object | None = None,
     grammar_cache: bool = True,
     grammar_prefix: str = "",
+    grammar_engine: str = "llmbook",
 ) -> GenerationResult:
     """Continue ``prompts`` (a string or a list of strings) with ``model``; returns a :class:`GenerationResult`.
 
@@ -421,7 +422,9 @@ def generate(
     i's text is a whole sentence of the grammar; a row that reaches ``max_new_tokens`` first is
     incomplete. ``grammar_cache=False`` computes each mask from scratch (the slow reference).
     ``grammar_prefix``: the start of the constrained text that the prompts already end with (a
-    prompt ``'{"name": "'`` is continued inside the name's string).
+    prompt ``'{"name": "'`` is continued inside the name's string). ``grammar_engine``: ``"llmbook"``
+    (:mod:`llmbook.constrained`) or ``"xgrammar"`` (the production engine, a dev dependency, on the
+    same schema; see :func:`llmbook.constrained.grammar_constraint`).
     """
     if not isinstance(tokenizer, Tokenizer):
         raise ValueError(f"tokenizer must be a llmbook Tokenizer, got {type(tokenizer).__name__}")
@@ -454,11 +457,16 @@ def generate(
     suppress = [i for i in _undecodable_ids(tokenizer, model.config.vocab_size) if i not in eos]
     tracker = _TextTracker(tokenizer, prompt_ids, stop, eos, stream) if (stop or stream) else None
     constraint = None
+    if grammar_engine not in ENGINES:
+        raise ValueError(f"grammar_engine must be one of {list(ENGINES)}, got {grammar_engine!r}")
     if grammar_prefix and json_schema is None and grammar is None:
         raise ValueError("grammar_prefix needs json_schema= or grammar=")
+    if grammar_engine != "llmbook" and json_schema is None and grammar is None:
+        raise ValueError("grammar_engine needs json_schema= or grammar=")
     if json_schema is not None or grammar is not None:
         constraint = grammar_constraint(tokenizer, model.config.vocab_size, json_schema=json_schema,
-                                        grammar=grammar, cache=grammar_cache, prefix=grammar_prefix)
+                                        grammar=grammar, cache=grammar_cache, prefix=grammar_prefix,
+                                        engine=grammar_engine)
     result = generate_ids(
         model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         min_p=min_p, seed=seed, generator=generator, eos_token_ids=sorted(eos) or None,
