@@ -722,7 +722,20 @@ def json_schema_grammar(schema: Mapping[str, Any], *, separators: tuple[str, str
     compiler = _SchemaCompiler(separators)
     root = compiler.compile(schema, "#", "root")
     compiler.rules["root"] = root
-    return Grammar(compiler.rules, "root")
+    # Keep only the rules the root can reach: an unused rule (``boolean`` in a schema without
+    # booleans) would still be compiled, and would count in the mask cache's statistics.
+    used, todo = {"root"}, [root]
+    while todo:
+        e = todo.pop()
+        if e[0] == "ref":
+            if e[1] not in used:
+                used.add(e[1])
+                todo.append(compiler.rules[e[1]])
+        elif e[0] in ("seq", "alt"):
+            todo.extend(e[1])
+        elif e[0] == "star":
+            todo.append(e[1])
+    return Grammar({name: body for name, body in compiler.rules.items() if name in used}, "root")
 
 
 Grammar.json = staticmethod(json_grammar)  # type: ignore[attr-defined]
