@@ -1,0 +1,229 @@
+"""Speculative decoding: a small draft model proposes, the target model verifies, the output is the target's.
+
+The chapter *Speculative decoding* explains this module (planned after the inference-time chapter).
+
+Each round (Leviathan et al. 2023, "Fast inference from transformers via speculative decoding",
+ICML; Chen et al. 2023, "Accelerating large language model decoding with speculative sampling",
+arXiv:2302.01318):
+
+1. the draft model samples ``gamma`` tokens x_1..x_gamma one after the other from its processed
+   distributions q_1..q_gamma;
+2. the target model reads all of them in **one** forward pass, which gives its processed
+   distributions p_1..p_{gamma+1} (p_i: the next token after x_1..x_{i-1});
+3. x_i is accepted with probability min(1, p_i(x_i) / q_i(x_i)), in order; at the first rejection a
+   token is drawn from the residual norm(max(0, p_i - q_i)) and the round ends; if every draft
+   token is accepted, a *bonus* token is drawn from p_{gamma+1}.
+
+Each emitted token is then distributed exactly as the target's (temperature and truncation
+included: ``llmbook.sampling.probabilities`` is applied identically to both models), whatever the
+draft does; a bad draft only costs speed. With ``temperature=0`` verification is greedy: x_i is
+accepted iff it is the target's argmax, and a rejection emits the argmax, so the output equals the
+target's greedy output token for token. Rejected tokens are removed from both KV caches with
+``KVCache.truncate``.
+
+One sequence at a time (batch 1): rows of a batch accept different numbers of tokens, which would
+make the caches ragged; that is where production engines add most of their complexity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from llmbook.model import CausalLM, KVCache
+from llmbook.sampling import draw, probabilities
+
+__all__ = ["SpeculativeResult", "verify", "speculative_generate"]
+
+
+@dataclass
+class SpeculativeResult:
+    """What :func:`speculative_generate` produced.
+
+    ``tokens``: generated ids (a final EOS included). ``accepted[r]``: how many of round r's
+    ``gamma`` draft tokens were accepted (each round also emits one target token: the residual
+    draw, the greedy correction, or the bonus). ``target_calls``/``draft_calls``: forward passes,
+    prefill included. ``finish_reason``: ``'eos'`` or ``'length'``.
+    """
+
+    prompt_ids: list[int]
+    tokens: list[int]
+    gamma: int
+    accepted: list[int] = field(default_factory=list)
+    target_calls: int = 0
+    draft_calls: int = 0
+    finish_reason: str = "length"
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted draft tokens / proposed draft tokens (alpha's empirical estimate)."""
+        proposed = self.gamma * len(self.accepted)
+        return sum(self.accepted) / proposed if proposed else float("nan")
+
+    @property
+    def tokens_per_round(self) -> float:
+        """Emitted tokens per target verification (1 + accepted per round, before a cut at the end)."""
+        return len(self.tokens) / len(self.accepted) if self.accepted else float("nan")
+
+
+def verify(p: torch.Tensor, q: torch.Tensor, draft: torch.Tensor, u_accept: torch.Tensor,
+           u_token: torch.Tensor, *, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The accept/reject step of speculative sampling, for a batch of independent rounds.
+
+    Args:
+        p: (B, gamma + 1, V) the target's processed next-token distributions p_1..p_{gamma+1}.
+        q: (B, gamma, V) the draft's distributions q_1..q_gamma the draft tokens were drawn from.
+        draft: (B, gamma) the draft tokens x_1..x_gamma.
+        u_accept: (B, gamma) uniforms in [0, 1): x_i is accepted when u < p_i(x_i) / q_i(x_i).
+        u_token: (B,) uniforms for the one token drawn after the accepted ones (inverse CDF).
+        greedy: accept x_i iff it is argmax p_i; the next token is argmax of the p where the
+            round stopped (the correction or the bonus). ``q`` and the uniforms are then unused.
+
+    Returns:
+        (n, token): (B,) accepted counts in [0, gamma], and (B,) the token emitted after them,
+        drawn from norm(max(0, p_{n+1} - q_{n+1})) after a rejection, from p_{gamma+1} when
+        every draft token was accepted.
+    """
+    if p.ndim != 3 or q.ndim != 3 or draft.ndim != 2:
+        raise ValueError("p must be (B, gamma+1, V), q (B, gamma, V) and draft (B, gamma)")
+    b, g1, v = p.shape
+    gamma = g1 - 1
+    if q.shape != (b, gamma, v) or draft.shape != (b, gamma):
+        raise ValueError(f"shapes disagree: p {tuple(p.shape)}, q {tuple(q.shape)}, draft {tuple(draft.shape)}")
+    rows = torch.arange(b, device=p.device)
+    if greedy:
+        best = p.argmax(dim=-1)  # (B, gamma+1)
+        ok = best[:, :gamma] == draft
+    else:
+        p_x = p[:, :gamma].gather(-1, draft[..., None])[..., 0]  # (B, gamma)
+        q_x = q.gather(-1, draft[..., None])[..., 0]
+        # u < p/q, written without dividing (q_x > 0 for a token the draft drew).
+        ok = u_accept * q_x < p_x
+    # n = index of the first rejection (gamma when none).
+    rejected = ~ok
+    n = torch.where(rejected.any(dim=1), rejected.float().argmax(dim=1), torch.full_like(rows, gamma))
+    if greedy:
+        return n, best[rows, n]
+    stop_p = p[rows, n]  # (B, V): p_{n+1}
+    q_pad = torch.cat([q, torch.zeros(b, 1, v, dtype=q.dtype, device=q.device)], dim=1)
+    residual = (stop_p - q_pad[rows, n]).clamp_min(0)  # equals p_{gamma+1} when n == gamma
+    total = residual.sum(dim=-1, keepdim=True)
+    # p == q exactly would leave no residual; a rejection cannot happen then, but rounding can:
+    residual = torch.where(total > 0, residual / total.clamp_min(torch.finfo(residual.dtype).tiny), stop_p)
+    cdf = residual.cumsum(dim=-1)
+    token = torch.searchsorted(cdf, (u_token * cdf[:, -1])[:, None], right=True)[:, 0].clamp_max(v - 1)
+    return n, token
+
+
+def _check_pair(target: CausalLM, draft: CausalLM) -> None:
+    for name, m in (("target", target), ("draft", draft)):
+        if not isinstance(m, CausalLM):
+            raise ValueError(f"{name} must be a llmbook CausalLM, got {type(m).__name__}")
+    if target.config.vocab_size != draft.config.vocab_size:
+        raise ValueError(f"target and draft must share a vocabulary: {target.config.vocab_size} vs "
+                         f"{draft.config.vocab_size} embeddings")
+    if target.device != draft.device:
+        raise ValueError(f"target and draft must be on one device: {target.device} vs {draft.device}")
+
+
+@torch.no_grad()
+def _feed(model: CausalLM, cache: KVCache, ids: list[int]) -> torch.Tensor:
+    """Run ``ids`` through ``model`` after what ``cache`` holds; (len(ids), V) float32 logits."""
+    x = torch.tensor([ids], dtype=torch.long, device=model.device)
+    return model(x, cache=cache)[0].float()
+
+
+@torch.no_grad()
+def speculative_generate(
+    target: CausalLM,
+    draft: CausalLM,
+    prompt_ids: Sequence[int],
+    *,
+    gamma: int = 4,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    seed: int = 0,
+    eos_token_ids: Sequence[int] | int | None = None,
+) -> SpeculativeResult:
+    """Continue ``prompt_ids`` with ``target``'s distribution, drafting ``gamma`` tokens per round with ``draft``.
+
+    The sampling settings are applied identically to both models (``llmbook.sampling.probabilities``).
+    ``temperature=0``: greedy verification (the target's greedy output, token for token). Random
+    numbers come from one CPU ``torch.Generator`` seeded with ``seed``. Raises ``ValueError`` for
+    models that do not share a vocabulary or a device, ``gamma < 1`` and bad settings.
+    """
+    _check_pair(target, draft)
+    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
+        raise ValueError(f"gamma must be an integer >= 1, got {gamma!r}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    prompt = [int(t) for t in prompt_ids]
+    vocab = target.config.vocab_size
+    if not prompt or min(prompt) < 0 or max(prompt) >= vocab:
+        raise ValueError(f"prompt_ids must be a non-empty list of ids in [0, {vocab - 1}]")
+    eos = set() if eos_token_ids is None else {eos_token_ids} if isinstance(eos_token_ids, int) else set(eos_token_ids)
+    settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    probabilities(torch.zeros(1, 2), **settings)  # validate before any forward pass
+    greedy = temperature == 0
+    context = min(target.config.max_position_embeddings, draft.config.max_position_embeddings)
+    if len(prompt) + max_new_tokens + gamma + 1 > context:
+        raise ValueError(f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) + gamma + 1 exceeds "
+                         f"the models' context ({context})")
+
+    result = SpeculativeResult(prompt_ids=prompt, tokens=[], gamma=gamma)
+    if max_new_tokens == 0:
+        return result
+    gen = torch.Generator().manual_seed(seed)
+    t_cache = target.new_cache(1, len(prompt) + max_new_tokens + gamma + 1)
+    d_cache = draft.new_cache(1, len(prompt) + max_new_tokens + gamma + 1)
+    if len(prompt) > 1:  # the last prompt token is fed with the first round's tokens
+        _feed(target, t_cache, prompt[:-1])
+        _feed(draft, d_cache, prompt[:-1])
+        result.target_calls += 1
+        result.draft_calls += 1
+    t_pending, d_pending = [prompt[-1]], [prompt[-1]]  # tokens each model has not read yet
+
+    while len(result.tokens) < max_new_tokens:
+        # 1. Draft gamma tokens, one forward pass each.
+        d_start = d_cache.length
+        q_rows, drafted = [], []
+        logits = _feed(draft, d_cache, d_pending)[-1:]
+        result.draft_calls += 1
+        for i in range(gamma):
+            q_i = probabilities(logits, **settings)[0]  # (V,)
+            x = int(q_i.argmax()) if greedy else int(draw(q_i[None], generator=gen)[0])
+            q_rows.append(q_i)
+            drafted.append(x)
+            if i < gamma - 1:
+                logits = _feed(draft, d_cache, [x])
+                result.draft_calls += 1
+        # 2. Verify: the target reads its pending token and every draft token at once.
+        t_start = t_cache.length
+        p_rows = probabilities(_feed(target, t_cache, t_pending + drafted)[-(gamma + 1):], **settings)
+        result.target_calls += 1
+        # 3. Accept or reject (uniforms drawn even when greedy would not need them: same stream).
+        u_accept = torch.rand(1, gamma, generator=gen).to(p_rows.device)
+        u_token = torch.rand(1, generator=gen).to(p_rows.device)
+        n, token = verify(p_rows[None], torch.stack(q_rows)[None], torch.tensor([drafted], device=p_rows.device),
+                          u_accept, u_token, greedy=greedy)
+        n, token = int(n[0]), int(token[0])
+        result.accepted.append(n)
+        # 4. Roll back what was read past the accepted tokens.
+        t_cache.truncate(t_start + len(t_pending) + n)
+        d_cache.truncate(min(d_cache.length, d_start + len(d_pending) + n))
+        d_pending = ([drafted[-1]] if n == gamma else []) + [token]  # the draft never read x_gamma
+        t_pending = [token]
+        emitted = drafted[:n] + [token]
+        for t in emitted:
+            result.tokens.append(t)
+            if t in eos:
+                result.finish_reason = "eos"
+                return result
+            if len(result.tokens) == max_new_tokens:
+                return result
+    return result
