@@ -10,7 +10,7 @@ import torch
 from llmbook.generate import generate_ids
 from llmbook.hub import ASSETS_DIR, load
 from llmbook.sampling import probabilities
-from llmbook.speculative import speculative_generate, verify
+from llmbook.speculative import PromptLookupDraft, early_exit_draft, speculative_generate, verify
 
 
 def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
@@ -191,3 +191,48 @@ def test_bad_input_is_refused(pair):
     real, _ = load("smollm2-135m-instruct")
     with pytest.raises(ValueError, match="vocabulary"):
         speculative_generate(target, real, ids)
+
+
+def test_verify_with_a_one_hot_draft_is_exact():
+    """A deterministic proposal (prompt lookup) is a one-hot q: accept x with probability p(x),
+    otherwise draw from p without x."""
+    b, v = 200_000, 6
+    g = torch.Generator().manual_seed(2)
+    p = torch.distributions.Dirichlet(torch.full((v,), 0.7)).sample((2,))
+    q = torch.zeros(1, v)
+    q[0, 3] = 1.0
+    n, token = verify(p.expand(b, -1, -1), q.expand(b, -1, -1)[:, None, :].reshape(b, 1, v),
+                      torch.full((b, 1), 3), torch.rand(b, 1, generator=g), torch.rand(b, generator=g))
+    first = torch.where(n >= 1, torch.full_like(n, 3), token)
+    assert chi_square_p_value(torch.bincount(first, minlength=v).double(), p[0].double()) > 1e-3
+
+
+def test_early_exit_draft_shares_the_weights_and_keeps_greedy_output(pair):
+    target, _, tok = pair
+    draft = early_exit_draft(target, 2)
+    assert draft.config.num_hidden_layers == 2 and draft.lm_head is target.lm_head
+    assert draft.model.layers[1] is target.model.layers[1]
+    for prompt in PROMPTS[:3]:
+        ids = tok.encode(prompt, add_bos=True)
+        ours = speculative_generate(target, draft, ids, gamma=3, max_new_tokens=30, temperature=0,
+                                    eos_token_ids=tok.eos_token_id)
+        plain = generate_ids(target, [ids], max_new_tokens=30, temperature=0, eos_token_ids=tok.eos_token_id)
+        assert ours.tokens == plain.tokens[0], prompt
+    with pytest.raises(ValueError, match="layers"):
+        early_exit_draft(target, target.config.num_hidden_layers)
+
+
+def test_prompt_lookup_proposes_what_followed_the_last_ngram_and_keeps_greedy_output(pair):
+    lookup = PromptLookupDraft(max_ngram=2)
+    assert lookup.propose([5, 6, 7, 8, 1, 5, 6], 3) == [7, 8, 1]  # after the bigram (5, 6)
+    assert lookup.propose([1, 2, 3], 2) == []  # nothing recurs: an ordinary decoding step
+    target, _, tok = pair
+    text = "Question: Where does Mira live?\nAnswer: Mira lives in Tolby.\nQuestion: Where does Mira live?\nAnswer:"
+    ids = tok.encode(text, add_bos=True)
+    ours = speculative_generate(target, PromptLookupDraft(), ids, gamma=4, max_new_tokens=30, temperature=0,
+                                eos_token_ids=tok.eos_token_id)
+    plain = generate_ids(target, [ids], max_new_tokens=30, temperature=0, eos_token_ids=tok.eos_token_id)
+    assert ours.tokens == plain.tokens[0]
+    assert ours.draft_calls == 0 and sum(ours.proposed) > 0
+    with pytest.raises(ValueError, match="min_ngram"):
+        PromptLookupDraft(max_ngram=1, min_ngram=2)

@@ -21,29 +21,39 @@ accepted iff it is the target's argmax, and a rejection emits the argmax, so the
 target's greedy output token for token. Rejected tokens are removed from both KV caches with
 ``KVCache.truncate``.
 
+Drafts: another model with the same vocabulary (TinyWorld's draft model); the target's own
+first layers with its norm and output layer (:func:`early_exit_draft`, a self-speculative draft
+in the style of LayerSkip, Elhoushi et al. 2024, without its training recipe); or no model at all,
+:class:`PromptLookupDraft`, which proposes the tokens that followed the last occurrence of the
+context's final n-gram (prompt lookup decoding, Saxena 2023). A deterministic proposal is a draft
+distribution q that is one-hot, so the same rule keeps the output exact.
+
 One sequence at a time (batch 1): rows of a batch accept different numbers of tokens, which would
 make the caches ragged; that is where production engines add most of their complexity.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from llmbook.model import CausalLM, KVCache
 from llmbook.sampling import draw, probabilities
 
-__all__ = ["SpeculativeResult", "verify", "speculative_generate"]
+__all__ = ["SpeculativeResult", "verify", "speculative_generate", "early_exit_draft", "PromptLookupDraft"]
 
 
 @dataclass
 class SpeculativeResult:
     """What :func:`speculative_generate` produced.
 
-    ``tokens``: generated ids (a final EOS included). ``accepted[r]``: how many of round r's
-    ``gamma`` draft tokens were accepted (each round also emits one target token: the residual
+    ``tokens``: generated ids (a final EOS included). ``proposed[r]``: how many draft tokens round r
+    proposed (``gamma`` for a draft model; 0 to ``gamma`` for prompt lookup); ``accepted[r]``: how
+    many of them were accepted (each round also emits one target token: the residual
     draw, the greedy correction, or the bonus). ``target_calls``/``draft_calls``: forward passes,
     prefill included. ``finish_reason``: ``'eos'`` or ``'length'``.
     """
@@ -52,6 +62,7 @@ class SpeculativeResult:
     tokens: list[int]
     gamma: int
     accepted: list[int] = field(default_factory=list)
+    proposed: list[int] = field(default_factory=list)
     target_calls: int = 0
     draft_calls: int = 0
     finish_reason: str = "length"
@@ -59,7 +70,7 @@ class SpeculativeResult:
     @property
     def acceptance_rate(self) -> float:
         """Accepted draft tokens / proposed draft tokens (alpha's empirical estimate)."""
-        proposed = self.gamma * len(self.accepted)
+        proposed = sum(self.proposed)
         return sum(self.accepted) / proposed if proposed else float("nan")
 
     @property
@@ -103,7 +114,10 @@ def verify(p: torch.Tensor, q: torch.Tensor, draft: torch.Tensor, u_accept: torc
         ok = u_accept * q_x < p_x
     # n = index of the first rejection (gamma when none).
     rejected = ~ok
-    n = torch.where(rejected.any(dim=1), rejected.float().argmax(dim=1), torch.full_like(rows, gamma))
+    if gamma == 0:  # nothing proposed: an ordinary decoding step
+        n = torch.zeros_like(rows)
+    else:
+        n = torch.where(rejected.any(dim=1), rejected.float().argmax(dim=1), torch.full_like(rows, gamma))
     if greedy:
         return n, best[rows, n]
     stop_p = p[rows, n]  # (B, V): p_{n+1}
@@ -117,10 +131,56 @@ def verify(p: torch.Tensor, q: torch.Tensor, draft: torch.Tensor, u_accept: torc
     return n, token
 
 
-def _check_pair(target: CausalLM, draft: CausalLM) -> None:
-    for name, m in (("target", target), ("draft", draft)):
-        if not isinstance(m, CausalLM):
-            raise ValueError(f"{name} must be a llmbook CausalLM, got {type(m).__name__}")
+def early_exit_draft(model: CausalLM, layers: int) -> CausalLM:
+    """A draft that is ``model``'s first ``layers`` decoder layers, then its final norm and output
+    layer: no new weights (every module is shared), and a KV cache of ``layers`` layers."""
+    n = model.config.num_hidden_layers
+    if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers < n:
+        raise ValueError(f"layers must be an integer in [1, {n - 1}], got {layers!r}")
+    draft = CausalLM(dataclasses.replace(model.config, num_hidden_layers=layers), device="meta")
+    draft.model.embed_tokens = model.model.embed_tokens
+    draft.model.layers = nn.ModuleList(list(model.model.layers[:layers]))
+    draft.model.norm = model.model.norm
+    draft.model.rotary_emb = model.model.rotary_emb
+    draft.lm_head = model.lm_head
+    draft.generation_config = model.generation_config
+    return draft.eval()
+
+
+class PromptLookupDraft:
+    """Propose the tokens that followed the latest earlier occurrence of the context's last n-gram.
+
+    Tries n = ``max_ngram`` down to ``min_ngram``; proposes nothing when no n-gram recurs (the round
+    is then an ordinary decoding step). Its q is one-hot on each proposed token.
+    """
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
+        for name, v in (("max_ngram", max_ngram), ("min_ngram", min_ngram)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if min_ngram > max_ngram:
+            raise ValueError(f"min_ngram ({min_ngram}) must be <= max_ngram ({max_ngram})")
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+
+    def propose(self, context: Sequence[int], gamma: int) -> list[int]:
+        for n in range(min(self.max_ngram, len(context) - 1), self.min_ngram - 1, -1):
+            tail = list(context[-n:])
+            for start in range(len(context) - n - 1, -1, -1):  # latest earlier occurrence first
+                if list(context[start:start + n]) == tail:
+                    return list(context[start + n:start + n + gamma])
+        return []
+
+    def __repr__(self) -> str:
+        return f"PromptLookupDraft(max_ngram={self.max_ngram}, min_ngram={self.min_ngram})"
+
+
+def _check_pair(target: CausalLM, draft: CausalLM | PromptLookupDraft) -> None:
+    if not isinstance(target, CausalLM):
+        raise ValueError(f"target must be a llmbook CausalLM, got {type(target).__name__}")
+    if isinstance(draft, PromptLookupDraft):
+        return
+    if not isinstance(draft, CausalLM):
+        raise ValueError(f"draft must be a llmbook CausalLM or a PromptLookupDraft, got {type(draft).__name__}")
     if target.config.vocab_size != draft.config.vocab_size:
         raise ValueError(f"target and draft must share a vocabulary: {target.config.vocab_size} vs "
                          f"{draft.config.vocab_size} embeddings")
@@ -135,10 +195,44 @@ def _feed(model: CausalLM, cache: KVCache, ids: list[int]) -> torch.Tensor:
     return model(x, cache=cache)[0].float()
 
 
+class _ModelDrafter:
+    """A draft model with its own KV cache and the tokens it has not read yet."""
+
+    def __init__(self, model: CausalLM, prompt: list[int], length: int, settings: dict, greedy: bool,
+                 generator: torch.Generator) -> None:
+        self.model, self.settings, self.greedy, self.generator = model, settings, greedy, generator
+        self.cache = model.new_cache(1, length)
+        self.calls = 0
+        if len(prompt) > 1:
+            _feed(model, self.cache, prompt[:-1])
+            self.calls += 1
+        self.pending = [prompt[-1]]
+
+    def propose(self, context: list[int], gamma: int) -> tuple[list[int], torch.Tensor]:
+        self.start = self.cache.length
+        q_rows, drafted = [], []
+        logits = _feed(self.model, self.cache, self.pending)[-1:]
+        self.calls += 1
+        for i in range(gamma):
+            q_i = probabilities(logits, **self.settings)[0]  # (V,)
+            x = int(q_i.argmax()) if self.greedy else int(draw(q_i[None], generator=self.generator)[0])
+            q_rows.append(q_i)
+            drafted.append(x)
+            if i < gamma - 1:
+                logits = _feed(self.model, self.cache, [x])
+                self.calls += 1
+        return drafted, torch.stack(q_rows)
+
+    def commit(self, drafted: list[int], n: int, token: int) -> None:
+        """Keep the accepted tokens in the cache; the draft never read the last draft token."""
+        self.cache.truncate(min(self.cache.length, self.start + len(self.pending) + n))
+        self.pending = ([drafted[-1]] if n == len(drafted) else []) + [token]
+
+
 @torch.no_grad()
 def speculative_generate(
     target: CausalLM,
-    draft: CausalLM,
+    draft: CausalLM | PromptLookupDraft,
     prompt_ids: Sequence[int],
     *,
     gamma: int = 4,
@@ -150,12 +244,14 @@ def speculative_generate(
     seed: int = 0,
     eos_token_ids: Sequence[int] | int | None = None,
 ) -> SpeculativeResult:
-    """Continue ``prompt_ids`` with ``target``'s distribution, drafting ``gamma`` tokens per round with ``draft``.
+    """Continue ``prompt_ids`` with ``target``'s distribution, drafting up to ``gamma`` tokens per round.
 
-    The sampling settings are applied identically to both models (``llmbook.sampling.probabilities``).
-    ``temperature=0``: greedy verification (the target's greedy output, token for token). Random
-    numbers come from one CPU ``torch.Generator`` seeded with ``seed``. Raises ``ValueError`` for
-    models that do not share a vocabulary or a device, ``gamma < 1`` and bad settings.
+    ``draft``: a model with the target's vocabulary (e.g. :func:`early_exit_draft`) or a
+    :class:`PromptLookupDraft`. The sampling settings are applied identically to the target and a
+    draft model (``llmbook.sampling.probabilities``). ``temperature=0``: greedy verification (the
+    target's greedy output, token for token). Random numbers come from one CPU ``torch.Generator``
+    seeded with ``seed``. Raises ``ValueError`` for models that do not share a vocabulary or a
+    device, ``gamma < 1`` and bad settings.
     """
     _check_pair(target, draft)
     if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
@@ -170,8 +266,10 @@ def speculative_generate(
     settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     probabilities(torch.zeros(1, 2), **settings)  # validate before any forward pass
     greedy = temperature == 0
-    context = min(target.config.max_position_embeddings, draft.config.max_position_embeddings)
-    if len(prompt) + max_new_tokens + gamma + 1 > context:
+    models = [target] + ([draft] if isinstance(draft, CausalLM) else [])
+    context = min(m.config.max_position_embeddings for m in models)
+    length = len(prompt) + max_new_tokens + gamma + 1
+    if length > context:
         raise ValueError(f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) + gamma + 1 exceeds "
                          f"the models' context ({context})")
 
@@ -179,51 +277,48 @@ def speculative_generate(
     if max_new_tokens == 0:
         return result
     gen = torch.Generator().manual_seed(seed)
-    t_cache = target.new_cache(1, len(prompt) + max_new_tokens + gamma + 1)
-    d_cache = draft.new_cache(1, len(prompt) + max_new_tokens + gamma + 1)
-    if len(prompt) > 1:  # the last prompt token is fed with the first round's tokens
+    t_cache = target.new_cache(1, length)
+    if len(prompt) > 1:  # the last prompt token is read with the first round's tokens
         _feed(target, t_cache, prompt[:-1])
-        _feed(draft, d_cache, prompt[:-1])
         result.target_calls += 1
-        result.draft_calls += 1
-    t_pending, d_pending = [prompt[-1]], [prompt[-1]]  # tokens each model has not read yet
+    t_pending = [prompt[-1]]  # tokens the target has not read yet
+    drafter = _ModelDrafter(draft, prompt, length, settings, greedy, gen) if isinstance(draft, CausalLM) else None
 
     while len(result.tokens) < max_new_tokens:
-        # 1. Draft gamma tokens, one forward pass each.
-        d_start = d_cache.length
-        q_rows, drafted = [], []
-        logits = _feed(draft, d_cache, d_pending)[-1:]
-        result.draft_calls += 1
-        for i in range(gamma):
-            q_i = probabilities(logits, **settings)[0]  # (V,)
-            x = int(q_i.argmax()) if greedy else int(draw(q_i[None], generator=gen)[0])
-            q_rows.append(q_i)
-            drafted.append(x)
-            if i < gamma - 1:
-                logits = _feed(draft, d_cache, [x])
-                result.draft_calls += 1
+        context_ids = prompt + result.tokens
+        # 1. Draft: k <= gamma tokens and the distributions they were drawn from (one-hot for lookup).
+        if drafter is not None:
+            drafted, q = drafter.propose(context_ids, gamma)
+        else:
+            drafted = draft.propose(context_ids, gamma)
+            q = torch.zeros(len(drafted), vocab, device=target.device)
+            q[torch.arange(len(drafted)), torch.tensor(drafted, dtype=torch.long)] = 1.0
+        k = len(drafted)
         # 2. Verify: the target reads its pending token and every draft token at once.
         t_start = t_cache.length
-        p_rows = probabilities(_feed(target, t_cache, t_pending + drafted)[-(gamma + 1):], **settings)
+        p_rows = probabilities(_feed(target, t_cache, t_pending + drafted)[-(k + 1):], **settings)
         result.target_calls += 1
         # 3. Accept or reject (uniforms drawn even when greedy would not need them: same stream).
-        u_accept = torch.rand(1, gamma, generator=gen).to(p_rows.device)
+        u_accept = torch.rand(1, k, generator=gen).to(p_rows.device)
         u_token = torch.rand(1, generator=gen).to(p_rows.device)
-        n, token = verify(p_rows[None], torch.stack(q_rows)[None], torch.tensor([drafted], device=p_rows.device),
-                          u_accept, u_token, greedy=greedy)
+        n, token = verify(p_rows[None], q.to(p_rows)[None], torch.tensor([drafted], dtype=torch.long,
+                          device=p_rows.device).reshape(1, k), u_accept, u_token, greedy=greedy)
         n, token = int(n[0]), int(token[0])
         result.accepted.append(n)
+        result.proposed.append(k)
         # 4. Roll back what was read past the accepted tokens.
         t_cache.truncate(t_start + len(t_pending) + n)
-        d_cache.truncate(min(d_cache.length, d_start + len(d_pending) + n))
-        d_pending = ([drafted[-1]] if n == gamma else []) + [token]  # the draft never read x_gamma
         t_pending = [token]
-        emitted = drafted[:n] + [token]
-        for t in emitted:
+        if drafter is not None:
+            drafter.commit(drafted, n, token)
+        for t in drafted[:n] + [token]:
             result.tokens.append(t)
             if t in eos:
                 result.finish_reason = "eos"
-                return result
+                break
             if len(result.tokens) == max_new_tokens:
-                return result
+                break
+        if result.finish_reason == "eos":
+            break
+    result.draft_calls = drafter.calls if drafter is not None else 0
     return result
