@@ -102,7 +102,7 @@ def main() -> None:
     prompts = [real_tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
                for p in REAL_PROMPTS]
     results += run_pair("SmolLM2-135M", real, real_tok, hf_real, prompts,
-                        {"prompt lookup": PromptLookupDraft(max_ngram=3),
+                        {"prompt lookup": PromptLookupDraft(max_ngram=2, latest=False),  # as transformers
                          f"early exit ({layers} layers)": early_exit_draft(real, layers)},
                         {"prompt lookup": dict(prompt_lookup_num_tokens=GAMMA),
                          f"early exit ({layers} layers)": dict(assistant_early_exit=layers,

@@ -226,6 +226,9 @@ def test_prompt_lookup_proposes_what_followed_the_last_ngram_and_keeps_greedy_ou
     lookup = PromptLookupDraft(max_ngram=2)
     assert lookup.propose([5, 6, 7, 8, 1, 5, 6], 3) == [7, 8, 1]  # after the bigram (5, 6)
     assert lookup.propose([1, 2, 3], 2) == []  # nothing recurs: an ordinary decoding step
+    # transformers' choice: the earliest occurrence
+    assert PromptLookupDraft(max_ngram=2, latest=False).propose([5, 6, 9, 5, 6, 7, 5, 6], 2) == [9, 5]
+    assert PromptLookupDraft(max_ngram=2).propose([5, 6, 9, 5, 6, 7, 5, 6], 2) == [7, 5]
     target, _, tok = pair
     text = "Question: Where does Mira live?\nAnswer: Mira lives in Tolby.\nQuestion: Where does Mira live?\nAnswer:"
     ids = tok.encode(text, add_bos=True)

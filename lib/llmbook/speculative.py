@@ -151,27 +151,33 @@ class PromptLookupDraft:
     """Propose the tokens that followed the latest earlier occurrence of the context's last n-gram.
 
     Tries n = ``max_ngram`` down to ``min_ngram``; proposes nothing when no n-gram recurs (the round
-    is then an ordinary decoding step). Its q is one-hot on each proposed token.
+    is then an ordinary decoding step). Its q is one-hot on each proposed token. ``latest=False``
+    takes the earliest occurrence instead, as transformers' ``prompt_lookup_num_tokens`` does (with
+    ``max_ngram=2``, its default), so the two propose the same tokens.
     """
 
-    def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1, latest: bool = True) -> None:
         for name, v in (("max_ngram", max_ngram), ("min_ngram", min_ngram)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         if min_ngram > max_ngram:
             raise ValueError(f"min_ngram ({min_ngram}) must be <= max_ngram ({max_ngram})")
-        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        if not isinstance(latest, bool):
+            raise ValueError(f"latest must be True or False, got {latest!r}")
+        self.max_ngram, self.min_ngram, self.latest = max_ngram, min_ngram, latest
 
     def propose(self, context: Sequence[int], gamma: int) -> list[int]:
         for n in range(min(self.max_ngram, len(context) - 1), self.min_ngram - 1, -1):
             tail = list(context[-n:])
-            for start in range(len(context) - n - 1, -1, -1):  # latest earlier occurrence first
+            starts = range(len(context) - n - 1, -1, -1) if self.latest else range(len(context) - n)
+            for start in starts:  # an earlier occurrence with at least one token after it
                 if list(context[start:start + n]) == tail:
                     return list(context[start + n:start + n + gamma])
         return []
 
     def __repr__(self) -> str:
-        return f"PromptLookupDraft(max_ngram={self.max_ngram}, min_ngram={self.min_ngram})"
+        return (f"PromptLookupDraft(max_ngram={self.max_ngram}, min_ngram={self.min_ngram}, "
+                f"latest={self.latest})")
 
 
 def _check_pair(target: CausalLM, draft: CausalLM | PromptLookupDraft) -> None:
