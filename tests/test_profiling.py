@@ -1,0 +1,86 @@
+"""llmbook.profiling: the analytic FLOP and byte count against PyTorch's own counter and the model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from llmbook.hub import load
+from llmbook.model import CausalLM
+from llmbook.profiling import forward_cost
+
+MATMULS = ("attention projections", "MLP", "output projection")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load("tinyworld-main")
+
+
+def counted(fn) -> dict[str, int]:
+    """FLOPs of fn() as FlopCounterMode sees them, with attention computed by PyTorch's math kernel
+    (the CPU flash kernel is not in the counter's registry and would count as zero)."""
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        fn()
+    return {str(k).split(".")[-1]: v for k, v in counter.get_flop_counts()["Global"].items()}
+
+
+@pytest.mark.parametrize("batch,new_tokens,logits", [(1, 10, "all"), (3, 7, "all"), (2, 12, "last")])
+def test_prefill_flops_equal_pytorchs_count(tiny, batch, new_tokens, logits):
+    model, _ = tiny
+    ids = torch.randint(3, model.config.vocab_size, (batch, new_tokens), generator=torch.Generator().manual_seed(0))
+    got = counted(lambda: model(ids, last_only=logits == "last"))
+    cost = forward_cost(model.config, new_tokens=new_tokens, batch=batch, logits=logits)
+    assert got["mm"] == sum(cost.flops[c] for c in MATMULS)
+    assert got["bmm"] == cost.flops["attention scores"]
+
+
+def test_decode_step_flops_with_a_kv_cache(tiny):
+    model, _ = tiny
+    cache = model.new_cache(2, 64)
+    with torch.no_grad():
+        model(torch.randint(3, 100, (2, 20)), cache=cache)
+    got = counted(lambda: model(torch.randint(3, 100, (2, 1)), cache=cache))
+    cost = forward_cost(model.config, new_tokens=1, past_tokens=20, batch=2)
+    assert got["mm"] == sum(cost.flops[c] for c in MATMULS)
+    assert got["bmm"] == cost.flops["attention scores"]
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_weight_bytes_are_the_parameters_read_once(tied):
+    config = dataclasses.replace(load("tinyworld-draft")[0].config, tie_word_embeddings=tied)
+    model = CausalLM(config)
+    cost = forward_cost(config, new_tokens=5, batch=2)
+    read_whole = sum(v for k, v in cost.weight_bytes.items() if k != "embedding")
+    embedding_matrix = config.vocab_size * config.hidden_size
+    # Tied: the one matrix is read whole by the output projection; untied: the embedding's rows only.
+    assert read_whole == 4 * (model.num_parameters() - (0 if tied else embedding_matrix))
+    assert cost.weight_bytes["embedding"] == 4 * 2 * 5 * config.hidden_size
+    half = forward_cost(config, new_tokens=5, batch=2, bytes_per_value=2)
+    assert half.total_bytes < cost.total_bytes and half.total_flops == cost.total_flops
+
+
+def test_decoding_is_memory_bound_and_prefill_is_not(tiny):
+    config = tiny[0].config
+    decode = forward_cost(config, new_tokens=1, past_tokens=200)
+    prefill = forward_cost(config, new_tokens=200)
+    assert decode.arithmetic_intensity < 1 < prefill.arithmetic_intensity / 50
+    kv = forward_cost(config, new_tokens=1, past_tokens=99)
+    per_position = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4
+    assert (kv.kv_read_bytes, kv.kv_write_bytes) == (100 * per_position, per_position)
+
+
+def test_bad_input(tiny):
+    config = tiny[0].config
+    for kwargs, needle in [(dict(new_tokens=0), "new_tokens"), (dict(new_tokens=1, batch=0), "batch"),
+                           (dict(new_tokens=1, past_tokens=-1), "past_tokens"),
+                           (dict(new_tokens=1, logits="first"), "logits"),
+                           (dict(new_tokens=1, bytes_per_value=0), "bytes_per_value")]:
+        with pytest.raises(ValueError, match=needle):
+            forward_cost(config, **kwargs)
+    with pytest.raises(ValueError, match="ModelConfig"):
+        forward_cost({"hidden_size": 8}, new_tokens=1)
