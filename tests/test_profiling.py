@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from llmbook.hub import load
 from llmbook.model import CausalLM
-from llmbook.profiling import forward_cost
+from llmbook.profiling import component_times, forward_cost, machine_limits
 
 MATMULS = ("attention projections", "MLP", "output projection")
 
@@ -84,3 +84,26 @@ def test_bad_input(tiny):
             forward_cost(config, **kwargs)
     with pytest.raises(ValueError, match="ModelConfig"):
         forward_cost({"hidden_size": 8}, new_tokens=1)
+
+
+def test_machine_limits_are_positive_and_plausible():
+    limits = machine_limits("cpu", copy_mib=32, matmul_n=256, repeats=2)
+    assert 1e8 < limits.bandwidth_bytes_per_s < 1e13  # 0.1 GB/s to 10 TB/s
+    assert 1e8 < limits.peak_flops_per_s < 1e16
+    with pytest.raises(ValueError, match="matmul_n"):
+        machine_limits("cpu", matmul_n=4)
+
+
+def test_component_times_cover_the_forward_pass(tiny):
+    model, _ = tiny
+    ids = torch.randint(3, 100, (4, 64))
+    with torch.no_grad():
+        times = component_times(model, lambda: model(ids), repeats=2)
+    parts = [k for k in times if k not in ("total",)]
+    assert set(parts) == {"embedding", "attention projections", "attention scores and RoPE", "MLP", "norms",
+                          "output projection", "other"}
+    assert all(times[k] >= 0 for k in parts)
+    assert abs(sum(times[k] for k in parts) - times["total"]) < 1e-9 + 0.05 * times["total"]
+    assert times["MLP"] > 0 and times["attention projections"] > 0
+    # The hooks are gone afterwards.
+    assert not any(m._forward_pre_hooks for m in model.modules())

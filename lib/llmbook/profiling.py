@@ -19,15 +19,25 @@ Elementwise work (RMSNorm, RoPE, SiLU, softmax, residual adds) is O(B T D) and l
 once per forward pass whatever B and T are (that is why decoding one token at a time is
 memory-bound), the embedding only for the B T rows it looks up; the KV cache reads S and writes
 T positions of 2 L K d values per row.
+
+Measured counterparts: :func:`machine_limits` (a STREAM-like copy for the memory bandwidth and a
+large matmul for the peak FLOP/s of this machine) and :func:`component_times` (``torch.profiler``
+with a labelled range around each component's modules).
 """
 
 from __future__ import annotations
 
+import statistics
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from llmbook.model import ModelConfig
+import torch
+from torch import nn
 
-__all__ = ["ForwardCost", "forward_cost"]
+from llmbook.model import MLP, Attention, CausalLM, ModelConfig, RMSNorm
+
+__all__ = ["ForwardCost", "forward_cost", "MachineLimits", "machine_limits", "component_times"]
 
 COMPONENTS = ("embedding", "attention projections", "attention scores", "MLP", "norms", "output projection")
 
@@ -114,3 +124,123 @@ def forward_cost(config: ModelConfig, *, new_tokens: int, past_tokens: int = 0, 
     per_position = 2 * layers * kv_heads * d * kv_size
     return ForwardCost(flops=flops, weight_bytes=weight_bytes, kv_read_bytes=b * s * per_position,
                        kv_write_bytes=b * t * per_position)
+
+
+@dataclass(frozen=True)
+class MachineLimits:
+    """What this device can do at most, measured: bytes/s moved by a large copy (read + write) and
+    FLOP/s of a large square matmul, each the best of ``repeats`` runs."""
+
+    device: str
+    dtype: str
+    bandwidth_bytes_per_s: float
+    peak_flops_per_s: float
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _best_time(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    fn()  # warm-up: allocation, kernel selection
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def machine_limits(device: torch.device | str = "cpu", *, copy_mib: int = 256, matmul_n: int = 2048,
+                   dtype: torch.dtype = torch.float32, repeats: int = 5) -> MachineLimits:
+    """Measure this device's memory bandwidth (``b.copy_(a)`` of ``copy_mib`` MiB: 2x that many bytes
+    move) and peak matmul FLOP/s (``matmul_n`` squared matrices: 2 n^3 FLOPs), best of ``repeats``."""
+    device = torch.device(device)
+    for name, v, low in (("copy_mib", copy_mib, 1), ("matmul_n", matmul_n, 16), ("repeats", repeats, 1)):
+        _check(name, v, low)
+    n_values = copy_mib * 2**20 // torch.empty(0, dtype=dtype).element_size()
+    a = torch.ones(n_values, dtype=dtype, device=device)
+    b = torch.empty_like(a)
+    copy_s = _best_time(lambda: b.copy_(a), device, repeats)
+    x = torch.randn(matmul_n, matmul_n, device=device).to(dtype)
+    y = torch.randn(matmul_n, matmul_n, device=device).to(dtype)
+    mm_s = _best_time(lambda: x @ y, device, repeats)
+    return MachineLimits(device=str(device), dtype=str(dtype).replace("torch.", ""),
+                         bandwidth_bytes_per_s=2 * a.numel() * a.element_size() / copy_s,
+                         peak_flops_per_s=2 * matmul_n**3 / mm_s)
+
+
+def _component(name: str, module: nn.Module, model: CausalLM) -> str | None:
+    if module is model.lm_head:
+        return "output projection"
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    if name.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        return "attention projections"
+    if isinstance(module, Attention):
+        return "attention"  # everything in it: the projections, RoPE, the scores
+    if isinstance(module, MLP):
+        return "MLP"
+    if isinstance(module, RMSNorm):
+        return "norms"
+    return None
+
+
+def component_times(model: CausalLM, fn: Callable[[], object], *, repeats: int = 3) -> dict[str, float]:
+    """Seconds per call of ``fn`` (which runs ``model``) spent in each component, by ``torch.profiler``.
+
+    Each component's modules run inside a ``torch.profiler.record_function`` range named after the
+    component; the result is the median over ``repeats`` profiled calls of each range's total time,
+    with ``"attention scores and RoPE"`` = attention minus its projections, ``"total"`` the wall
+    time of the profiled call and ``"other"`` what no component accounts for (Python, sampling,
+    the profiler's own overhead).
+    """
+    if not isinstance(model, CausalLM):
+        raise ValueError(f"model must be a llmbook CausalLM, got {type(model).__name__}")
+    _check("repeats", repeats, 1)
+    labelled = [(m, label) for name, m in model.named_modules() if (label := _component(name, m, model))]
+    handles, stack = [], []
+
+    def enter(label: str):
+        def hook(module, args):
+            ctx = torch.profiler.record_function(label)
+            ctx.__enter__()
+            stack.append(ctx)
+        return hook
+
+    def leave(module, args, output):
+        stack.pop().__exit__(None, None, None)
+
+    for module, label in labelled:
+        handles.append(module.register_forward_pre_hook(enter(label)))
+        handles.append(module.register_forward_hook(leave))
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if model.device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    runs: list[dict[str, float]] = []
+    try:
+        fn()  # warm-up
+        for _ in range(repeats):
+            with torch.profiler.profile(activities=activities) as prof:
+                start = time.perf_counter()
+                fn()
+                _sync(model.device)
+                wall = time.perf_counter() - start
+            totals = {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages()
+                      if e.key in {label for _, label in labelled}}
+            if model.device.type == "cuda":  # the device's own time where the work runs there
+                totals = {e.key: max(totals.get(e.key, 0.0), e.device_time_total / 1e6)
+                          for e in prof.key_averages() if e.key in totals}
+            row = {label: totals.get(label, 0.0) for label in
+                   ("embedding", "attention projections", "attention", "MLP", "norms", "output projection")}
+            row["attention scores and RoPE"] = max(0.0, row.pop("attention") - row["attention projections"])
+            row["other"] = max(0.0, wall - sum(row.values()))
+            row["total"] = wall
+            runs.append(row)
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
