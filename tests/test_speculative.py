@@ -10,7 +10,9 @@ import torch
 from llmbook.generate import generate_ids
 from llmbook.hub import ASSETS_DIR, load
 from llmbook.sampling import probabilities
-from llmbook.speculative import PromptLookupDraft, early_exit_draft, speculative_generate, verify
+from llmbook.speculative import (
+    PromptLookupDraft, early_exit_draft, expected_speedup, expected_tokens_per_round, speculative_generate, verify,
+)
 
 
 def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
@@ -239,3 +241,30 @@ def test_prompt_lookup_proposes_what_followed_the_last_ngram_and_keeps_greedy_ou
     assert ours.draft_calls == 0 and sum(ours.proposed) > 0
     with pytest.raises(ValueError, match="min_ngram"):
         PromptLookupDraft(max_ngram=1, min_ngram=2)
+
+
+@pytest.mark.parametrize("gamma", [1, 3, 6])
+def test_tokens_per_round_match_the_formula_in_simulation(gamma):
+    """Rounds of verify() in which each draft token is accepted independently with probability
+    alpha emit (1 - alpha^(gamma+1)) / (1 - alpha) tokens on average (one of them the target's)."""
+    alpha, b, v = 0.7, 100_000, 4
+    g = torch.Generator().manual_seed(gamma)
+    p = torch.full((b, gamma + 1, v), 1 / v)
+    q = torch.full((b, gamma, v), 1 / v)
+    draft = torch.zeros(b, gamma, dtype=torch.long)
+    # u * q(x) < p(x) with p = q: accepted iff u < 1; scale the uniforms so P(u < 1) = alpha.
+    u_accept = torch.rand(b, gamma, generator=g) / alpha
+    n, _ = verify(p, q, draft, u_accept, torch.rand(b, generator=g))
+    emitted = (n + 1).double().mean()
+    assert abs(emitted - expected_tokens_per_round(alpha, gamma)) < 0.02
+    assert expected_tokens_per_round(1.0, gamma) == gamma + 1 and expected_tokens_per_round(0.0, gamma) == 1
+
+
+def test_expected_speedup():
+    assert expected_speedup(0.0, 4, 0.0) == 1.0  # a free draft that is never right costs nothing
+    assert expected_speedup(0.8, 4, 0.05) == pytest.approx((1 - 0.8**5) / 0.2 / 1.2)
+    assert expected_speedup(0.5, 4, 0.5) < 1  # a slow, poor draft loses
+    with pytest.raises(ValueError, match="alpha"):
+        expected_speedup(1.5, 4, 0.1)
+    with pytest.raises(ValueError, match="cost_ratio"):
+        expected_speedup(0.5, 4, -1)

@@ -44,7 +44,8 @@ from torch import nn
 from llmbook.model import CausalLM, KVCache
 from llmbook.sampling import draw, probabilities
 
-__all__ = ["SpeculativeResult", "verify", "speculative_generate", "early_exit_draft", "PromptLookupDraft"]
+__all__ = ["SpeculativeResult", "verify", "speculative_generate", "early_exit_draft", "PromptLookupDraft",
+           "expected_tokens_per_round", "expected_speedup"]
 
 
 @dataclass
@@ -178,6 +179,31 @@ class PromptLookupDraft:
     def __repr__(self) -> str:
         return (f"PromptLookupDraft(max_ngram={self.max_ngram}, min_ngram={self.min_ngram}, "
                 f"latest={self.latest})")
+
+
+def _check_alpha_gamma(alpha: float, gamma: int) -> None:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
+        raise ValueError(f"gamma must be an integer >= 1, got {gamma!r}")
+
+
+def expected_tokens_per_round(alpha: float, gamma: int) -> float:
+    """Tokens one verification emits on average when each draft token is accepted independently
+    with probability ``alpha``: (1 - alpha^(gamma+1)) / (1 - alpha) (Leviathan et al. 2023, eq. 1);
+    gamma + 1 at alpha = 1."""
+    _check_alpha_gamma(alpha, gamma)
+    return float(gamma + 1) if alpha == 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
+
+
+def expected_speedup(alpha: float, gamma: int, cost_ratio: float) -> float:
+    """Wall-clock speed-up over plain decoding when a draft step costs ``cost_ratio`` (c) target steps
+    and a verification costs one: tokens per round / (gamma c + 1) (Leviathan et al. 2023, Theorem
+    3.8). Below 1, speculation loses."""
+    _check_alpha_gamma(alpha, gamma)
+    if isinstance(cost_ratio, bool) or not isinstance(cost_ratio, (int, float)) or cost_ratio < 0:
+        raise ValueError(f"cost_ratio must be a number >= 0, got {cost_ratio!r}")
+    return expected_tokens_per_round(alpha, gamma) / (gamma * cost_ratio + 1)
 
 
 def _check_pair(target: CausalLM, draft: CausalLM | PromptLookupDraft) -> None:
