@@ -237,6 +237,9 @@ def test_bad_grammars_raise():
         Grammar({"e": ref("f")}, "e")
     with pytest.raises(ValueError, match="separators"):
         json_grammar(separators=(";", ":"))
+    with pytest.raises(ValueError, match="'unused' refers to 'f'"):  # checked even where unreachable
+        Grammar({"e": lit("x"), "unused": ref("f")}, "e")
+    assert Grammar({"e": lit("x"), "unused": lit("y")}, "e").rule_names == ["e"]  # not compiled
     g = Grammar({"e": seq(lit("("), star(ref("e")), lit(")"))}, "e")  # balanced parentheses
     assert g.accepts("(()(()))") and not g.accepts("(()") and not g.accepts("())")
 

@@ -144,6 +144,17 @@ def ref(name: str) -> Expr:
 _DEAD = -1
 
 
+def _references(e: Expr) -> list[str]:
+    """The rule names an expression calls."""
+    if e[0] == "ref":
+        return [e[1]]
+    if e[0] in ("seq", "alt"):
+        return [name for item in e[1] for name in _references(item)]
+    if e[0] == "star":
+        return _references(e[1])
+    return []
+
+
 class Grammar:
     """A byte-level context-free grammar: ``rules`` maps a name to an expression; ``root`` is the start.
 
@@ -157,7 +168,19 @@ class Grammar:
     def __init__(self, rules: Mapping[str, Expr], root: str) -> None:
         if root not in rules:
             raise ValueError(f"root {root!r} is not one of the rules")
-        self.rules = dict(rules)
+        for name, body in rules.items():
+            for target in _references(body):
+                if target not in rules:
+                    raise ValueError(f"rule {name!r} refers to {target!r}, which is not a rule")
+        # Compile only the rules the root reaches (a schema without booleans leaves the boolean
+        # rule unused; compiled, it would count in the mask cache).
+        reached, todo = {root}, [root]
+        while todo:
+            for target in _references(rules[todo.pop()]):
+                if target not in reached:
+                    reached.add(target)
+                    todo.append(target)
+        self.rules = {name: body for name, body in rules.items() if name in reached}
         self.root = root
         self.rule_names: list[str] = list(self.rules)
         self._rule_index = {name: i for i, name in enumerate(self.rule_names)}
@@ -722,20 +745,7 @@ def json_schema_grammar(schema: Mapping[str, Any], *, separators: tuple[str, str
     compiler = _SchemaCompiler(separators)
     root = compiler.compile(schema, "#", "root")
     compiler.rules["root"] = root
-    # Keep only the rules the root can reach: an unused rule (``boolean`` in a schema without
-    # booleans) would still be compiled, and would count in the mask cache's statistics.
-    used, todo = {"root"}, [root]
-    while todo:
-        e = todo.pop()
-        if e[0] == "ref":
-            if e[1] not in used:
-                used.add(e[1])
-                todo.append(compiler.rules[e[1]])
-        elif e[0] in ("seq", "alt"):
-            todo.extend(e[1])
-        elif e[0] == "star":
-            todo.append(e[1])
-    return Grammar({name: body for name, body in compiler.rules.items() if name in used}, "root")
+    return Grammar(compiler.rules, "root")
 
 
 Grammar.json = staticmethod(json_grammar)  # type: ignore[attr-defined]

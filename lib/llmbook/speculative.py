@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from llmbook.model import CausalLM, KVCache
-from llmbook.sampling import draw, probabilities
+from llmbook.sampling import _draw, draw, probabilities
 
 __all__ = ["SpeculativeResult", "verify", "speculative_generate", "early_exit_draft", "PromptLookupDraft",
            "expected_tokens_per_round", "expected_speedup"]
@@ -124,11 +124,9 @@ def verify(p: torch.Tensor, q: torch.Tensor, draft: torch.Tensor, u_accept: torc
     stop_p = p[rows, n]  # (B, V): p_{n+1}
     q_pad = torch.cat([q, torch.zeros(b, 1, v, dtype=q.dtype, device=q.device)], dim=1)
     residual = (stop_p - q_pad[rows, n]).clamp_min(0)  # equals p_{gamma+1} when n == gamma
-    total = residual.sum(dim=-1, keepdim=True)
-    # p == q exactly would leave no residual; a rejection cannot happen then, but rounding can:
-    residual = torch.where(total > 0, residual / total.clamp_min(torch.finfo(residual.dtype).tiny), stop_p)
-    cdf = residual.cumsum(dim=-1)
-    token = torch.searchsorted(cdf, (u_token * cdf[:, -1])[:, None], right=True)[:, 0].clamp_max(v - 1)
+    # p == q exactly would leave no residual; a rejection cannot happen then, but rounding can.
+    residual = torch.where(residual.sum(dim=-1, keepdim=True) > 0, residual, stop_p)
+    token = _draw(residual, u_token)  # inverse CDF, as every draw in llmbook.sampling
     return n, token
 
 
