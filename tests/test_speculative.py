@@ -11,7 +11,7 @@ from llmbook.generate import generate_ids
 from llmbook.hub import ASSETS_DIR, load
 from llmbook.sampling import probabilities
 from llmbook.speculative import (
-    PromptLookupDraft, early_exit_draft, expected_speedup, expected_tokens_per_round, speculative_generate, verify,
+    PromptLookupDraft, SpeculativeResult, early_exit_draft, expected_speedup, expected_tokens_per_round, speculative_generate, verify,
 )
 
 
@@ -107,6 +107,12 @@ def test_greedy_speculative_output_is_the_targets_greedy_output(pair, gamma):
         plain = generate_ids(target, [ids], max_new_tokens=40, temperature=0, eos_token_ids=tok.eos_token_id)
         assert ours.tokens == plain.tokens[0], prompt
         assert 0 <= ours.acceptance_rate <= 1 and ours.target_calls < 1 + len(ours.tokens)
+        # Each round emitted its accepted proposals, then one token of the target's.
+        at = 0
+        for n, k, proposal in zip(ours.accepted, ours.proposed, ours.drafted):
+            assert len(proposal) == k and ours.tokens[at:at + n] == proposal[:n][:len(ours.tokens) - at]
+            at += n + 1
+        assert at >= len(ours.tokens)
 
 
 def _sharpened(model):
@@ -257,6 +263,12 @@ def test_tokens_per_round_match_the_formula_in_simulation(gamma):
     n, _ = verify(p, q, draft, u_accept, torch.rand(b, generator=g))
     emitted = (n + 1).double().mean()
     assert abs(emitted - expected_tokens_per_round(alpha, gamma)) < 0.02
+    # SpeculativeResult.alpha recovers alpha from the rounds; accepted / proposed does not.
+    rounds = SpeculativeResult(prompt_ids=[0], tokens=[], gamma=gamma, accepted=n.tolist(),
+                               proposed=[gamma] * b)
+    assert abs(rounds.alpha - alpha) < 0.01
+    expected_rate = sum(alpha ** i for i in range(1, gamma + 1)) / gamma  # E[n] / gamma
+    assert abs(rounds.acceptance_rate - expected_rate) < 0.01
     assert expected_tokens_per_round(1.0, gamma) == gamma + 1 and expected_tokens_per_round(0.0, gamma) == 1
 
 

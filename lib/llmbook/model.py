@@ -750,11 +750,14 @@ class CausalLM(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.lm_head.weight.device
+        # The embedding, not the output layer: quantization (e.g. torch's dynamic int8)
+        # replaces nn.Linear weights by packed tensors, while the embedding stays a tensor.
+        return self.model.embed_tokens.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
+        """The dtype of the activations and of the KV cache: the embedding's."""
+        return self.model.embed_tokens.weight.dtype
 
     def new_cache(self, batch_size: int = 1, max_length: int | None = None) -> KVCache:
         """An empty KV cache for ``batch_size`` rows of up to ``max_length`` tokens (default: the model's context)."""

@@ -1,6 +1,6 @@
 """Speculative decoding: a small draft model proposes, the target model verifies, the output is the target's.
 
-The chapter *Speculative decoding* explains this module (planned after the inference-time chapter).
+The chapter *Speculative decoding* (book/06_speculative_decoding.md) explains this module.
 
 Each round (Leviathan et al. 2023, "Fast inference from transformers via speculative decoding",
 ICML; Chen et al. 2023, "Accelerating large language model decoding with speculative sampling",
@@ -55,7 +55,8 @@ class SpeculativeResult:
     ``tokens``: generated ids (a final EOS included). ``proposed[r]``: how many draft tokens round r
     proposed (``gamma`` for a draft model; 0 to ``gamma`` for prompt lookup); ``accepted[r]``: how
     many of them were accepted (each round also emits one target token: the residual
-    draw, the greedy correction, or the bonus). ``target_calls``/``draft_calls``: forward passes,
+    draw, the greedy correction, or the bonus); ``drafted[r]``: the proposed ids themselves
+    (accepted, then the rejected one, then those never examined). ``target_calls``/``draft_calls``: forward passes,
     prefill included. ``finish_reason``: ``'eos'`` or ``'length'``.
     """
 
@@ -64,15 +65,30 @@ class SpeculativeResult:
     gamma: int
     accepted: list[int] = field(default_factory=list)
     proposed: list[int] = field(default_factory=list)
+    drafted: list[list[int]] = field(default_factory=list)
     target_calls: int = 0
     draft_calls: int = 0
     finish_reason: str = "length"
 
     @property
     def acceptance_rate(self) -> float:
-        """Accepted draft tokens / proposed draft tokens (alpha's empirical estimate)."""
+        """Accepted draft tokens / proposed draft tokens (the "draft acceptance rate" serving
+        engines report). Tokens after a round's first rejection count as not accepted although the
+        target never examined them, so this is below :attr:`alpha` whenever gamma > 1."""
         proposed = sum(self.proposed)
         return sum(self.accepted) / proposed if proposed else float("nan")
+
+    @property
+    def examined(self) -> int:
+        """Draft tokens the target examined: every accepted one plus the first rejected one."""
+        return sum(min(n + 1, k) for n, k in zip(self.accepted, self.proposed))
+
+    @property
+    def alpha(self) -> float:
+        """Accepted / examined draft tokens: the estimate of the per-token acceptance probability
+        alpha (Leviathan et al. 2023, Definition 3.1) that :func:`expected_tokens_per_round` takes."""
+        examined = self.examined
+        return sum(self.accepted) / examined if examined else float("nan")
 
     @property
     def tokens_per_round(self) -> float:
@@ -336,6 +352,7 @@ def speculative_generate(
         n, token = int(n[0]), int(token[0])
         result.accepted.append(n)
         result.proposed.append(k)
+        result.drafted.append(list(drafted))
         # 4. Roll back what was read past the accepted tokens.
         t_cache.truncate(t_start + len(t_pending) + n)
         t_pending = [token]
