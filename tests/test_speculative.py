@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -199,6 +200,13 @@ def test_bad_input_is_refused(pair):
     real, _ = load("smollm2-135m-instruct")
     with pytest.raises(ValueError, match="vocabulary"):
         speculative_generate(target, real, ids)
+    # Same vocabulary size, another tokenizer (its special tokens elsewhere): refused.
+    other = copy.deepcopy(draft)
+    other.config = dataclasses.replace(draft.config, eos_token_id=draft.config.eos_token_id + 1)
+    with pytest.raises(ValueError, match="share a tokenizer.*eos_token_id"):
+        speculative_generate(target, other, ids)
+    with pytest.raises(ValueError, match="draft must be"):
+        speculative_generate(target, "tinyworld-draft", ids)
 
 
 def test_verify_with_a_one_hot_draft_is_exact():

@@ -230,6 +230,12 @@ def _check_pair(target: CausalLM, draft: CausalLM | PromptLookupDraft) -> None:
     if target.config.vocab_size != draft.config.vocab_size:
         raise ValueError(f"target and draft must share a vocabulary: {target.config.vocab_size} vs "
                          f"{draft.config.vocab_size} embeddings")
+    for name in ("bos_token_id", "eos_token_id"):
+        # Models do not carry their tokenizer; a different special-token id is the sign of one.
+        t_id, d_id = getattr(target.config, name), getattr(draft.config, name)
+        if t_id is not None and d_id is not None and t_id != d_id:
+            raise ValueError(f"target and draft must share a tokenizer: their {name} differ "
+                             f"({t_id} vs {d_id})")
     if target.device != draft.device:
         raise ValueError(f"target and draft must be on one device: {target.device} vs {draft.device}")
 
