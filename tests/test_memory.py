@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from llmbook.hub import ASSETS_DIR
 from llmbook.memory import (
-    LORA_TARGETS, NF4_BITS_PER_WEIGHT, lora_parameter_count, parameter_counts, training_state,
+    LORA_TARGETS, NF4_BITS_PER_WEIGHT, activation_memory, lora_parameter_count, parameter_counts,
+    saved_per_token, training_state,
 )
 from llmbook.model import CausalLM, ModelConfig
 
@@ -97,3 +99,46 @@ def test_bad_input_is_refused():
         training_state({**QWEN2_1_5B, "architectures": ["GemmaForCausalLM"], "model_type": "gemma"})
     with pytest.raises(ValueError, match="config must be"):
         training_state("qwen2")
+
+
+def _whole_model_saved(model, b, t):
+    import torch.nn.functional as F
+
+    from llmbook.memory import _saved_bytes
+
+    ids = torch.randint(3, model.config.vocab_size, (b, t + 1), generator=torch.Generator().manual_seed(0))
+    exclude = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    loss = lambda: F.cross_entropy(model(ids[:, :-1]).float().flatten(0, 1), ids[:, 1:].flatten())  # noqa: E731
+    return _saved_bytes(loss, exclude)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_activation_memory_equals_what_the_whole_model_saves(dtype):
+    """One layer's count, times the layers, plus the head's, is what training TinyWorld-main saves
+    (counted the same way on the whole model), at several batch shapes."""
+    from llmbook.hub import load
+
+    model, _ = load("tinyworld-main")
+    model = model.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]).train()
+    saved = saved_per_token(model.config, dtype)
+    assert saved.layer > 0 and saved.head > 0
+    for b, t in [(1, 48), (3, 100)]:
+        terms = activation_memory(model.config, batch_size=b, seq_len=t, dtype=dtype, saved=saved)
+        predicted = sum(term.bytes for term in terms)
+        assert abs(predicted / _whole_model_saved(model, b, t) - 1) < 0.01
+
+
+def test_saved_per_token_is_linear_and_refuses_bad_input():
+    config = _configs()["untied, biased"]
+    a, b = saved_per_token(config, tokens=(8, 16)), saved_per_token(config, tokens=(16, 40))
+    assert a == b  # the same slope and constant from other token counts: linear in the tokens
+    with pytest.raises(ValueError, match="tokens"):
+        saved_per_token(config, tokens=(16, 16))
+    with pytest.raises(ValueError, match="dtype"):
+        saved_per_token(config, dtype="int8")
+    with pytest.raises(ValueError, match="batch_size"):
+        activation_memory(config, batch_size=0, seq_len=8, saved=a)
+    with pytest.raises(ValueError, match="context"):
+        activation_memory(config, batch_size=1, seq_len=config.max_position_embeddings + 1, saved=a)
+    with pytest.raises(ValueError, match="SavedPerToken measured in 'bfloat16'"):
+        activation_memory(config, batch_size=1, seq_len=8, dtype="bfloat16", saved=a)

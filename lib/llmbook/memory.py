@@ -17,7 +17,11 @@ Mixed-precision AdamW is therefore 2 + 2 + 4 + 8 = 16 bytes per parameter before
 (Rajbhandari et al. 2020, "ZeRO: memory optimizations toward training trillion parameter
 models", SC20, section 3.1). LoRA (Hu et al. 2021, "LoRA: low-rank adaptation of large language
 models", ICLR 2022) freezes the base weights and trains r (d_in + d_out) values per adapted
-matrix. Activations, logits and temporary buffers depend on the batch and are not counted here.
+matrix.
+
+The second part counts **activations**, which depend on the batch: what autograd saves for the
+backward pass, measured from one layer's actual saved tensors (:func:`saved_per_token`,
+:func:`activation_memory`). Temporary buffers of the backward pass are not counted yet.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 from llmbook.model import ModelConfig
 
 __all__ = ["MemoryTerm", "TrainingState", "parameter_counts", "lora_parameter_count", "training_state",
-           "LORA_TARGETS"]
+           "LORA_TARGETS", "SavedPerToken", "saved_per_token", "activation_memory"]
 
 #: Bytes per value of the floating-point formats this module accounts for.
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -209,3 +213,122 @@ def training_state(
     else:
         terms.append(MemoryTerm("optimizer states", 0, "none (plain SGD, no momentum)", "SGD keeps no state"))
     return TrainingState(terms=tuple(terms), parameters=parameters, trainable=trainable)
+
+
+# -- activations: what autograd saves for the backward pass -------------------------------------
+#
+# Counted, not modelled: one decoder layer and the output head of the configured shapes are run on
+# a few tokens under ``torch.autograd.graph.saved_tensors_hooks`` and every tensor autograd keeps is
+# added up once per storage (parameters excluded). Doing it at two token counts separates what grows
+# with the tokens (the slope) from what does not (RoPE's cos/sin table). A formula written by hand
+# for the same layer (Korthikanti et al. 2022, "Reducing activation recomputation in large
+# transformer models", section 4, for GPT-style layers) goes stale as soon as a kernel changes what
+# it saves, e.g. fused attention keeping q, k, v, the output and a log-sum-exp instead of the
+# T x T probability matrix; the count cannot.
+
+
+@dataclass(frozen=True)
+class SavedPerToken:
+    """Bytes autograd saves per token: ``layer`` for one decoder layer, ``head`` for the final norm,
+    the output layer and a float32 cross-entropy, ``ids`` for the embedding's saved token ids, and
+    ``layer_constant`` that one layer saves whatever the token count (RoPE's cos/sin)."""
+
+    layer: int
+    head: int
+    ids: int
+    layer_constant: int
+    dtype: str
+
+
+def _saved_bytes(run, exclude: set[int]) -> int:
+    """Bytes of the distinct storages autograd saves while ``run()`` builds its graph."""
+    import torch
+
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in exclude:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        run()
+    return sum(storages.values())
+
+
+def saved_per_token(config: ModelConfig | dict, dtype: str = "float32", tokens: tuple[int, int] = (16, 32)
+                    ) -> SavedPerToken:
+    """Measure :class:`SavedPerToken` for ``config`` in ``dtype`` on this machine's CPU kernels.
+
+    Builds one decoder layer and the head with uninitialised weights (``to_empty``: sizes, not
+    values, decide what is saved) and runs them, with every parameter trainable, at the two
+    ``tokens`` counts of one row; the difference divided by the token difference is the per-token
+    cost. The attention runs causally without a mask (as training does), so PyTorch's fused kernel
+    saves O(T) per head, not a T x T matrix.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from llmbook.model import DecoderLayer, RMSNorm, RotaryEmbedding
+
+    c = _check_config(config)
+    size = _dtype_bytes("dtype", dtype)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    if (not isinstance(tokens, tuple) or len(tokens) != 2 or any(isinstance(t, bool) or not isinstance(t, int)
+                                                                  for t in tokens) or not 2 <= tokens[0] < tokens[1]):
+        raise ValueError(f"tokens must be two integers 2 <= t1 < t2, got {tokens!r}")
+    layer = DecoderLayer(c, 0).to(device="meta").to_empty(device="cpu").to(torch_dtype)
+    norm = RMSNorm(c.hidden_size, c.rms_norm_eps).to(torch_dtype)
+    head = torch.nn.Linear(c.hidden_size, c.vocab_size, bias=False, device="meta").to_empty(device="cpu")
+    head = head.to(torch_dtype)
+    for module in (layer, norm, head):  # uninitialised memory may hold NaN or inf: sizes only matter,
+        for p in module.parameters():  # but keep the kernels on their ordinary paths
+            with torch.no_grad():
+                p.uniform_(-0.01, 0.01)
+    rotary = RotaryEmbedding(c)
+    exclude = {p.untyped_storage().data_ptr() for m in (layer, norm, head) for p in m.parameters()}
+
+    def layer_bytes(t: int) -> int:
+        x = torch.randn(1, t, c.hidden_size, dtype=torch_dtype, requires_grad=True)
+        cos, sin = rotary(None, 0, t, torch_dtype)
+        return _saved_bytes(lambda: layer(x, cos, sin, None, True, None), exclude)
+
+    def head_bytes(t: int) -> int:
+        x = torch.randn(1, t, c.hidden_size, dtype=torch_dtype, requires_grad=True)
+        targets = torch.randint(0, c.vocab_size, (t,))
+        return _saved_bytes(lambda: F.cross_entropy(head(norm(x)).float().flatten(0, 1), targets), exclude)
+
+    t1, t2 = tokens
+    l1, l2 = layer_bytes(t1), layer_bytes(t2)
+    h1, h2 = head_bytes(t1), head_bytes(t2)
+    per_layer = (l2 - l1) // (t2 - t1)
+    # One (B, T) int64 tensor of ids is saved by the embedding's backward.
+    return SavedPerToken(layer=per_layer, head=(h2 - h1) // (t2 - t1), ids=8,
+                         layer_constant=l1 - per_layer * t1, dtype=dtype)
+
+
+def activation_memory(config: ModelConfig | dict, *, batch_size: int, seq_len: int, dtype: str = "float32",
+                      saved: SavedPerToken | None = None) -> tuple[MemoryTerm, ...]:
+    """What one training step's forward pass keeps for its backward pass, for ``batch_size`` rows of
+    ``seq_len`` tokens: the decoder layers' saved tensors, the head's (final norm, output layer,
+    float32 log-softmax) and the token ids, from :func:`saved_per_token` (measured here unless
+    ``saved`` is given). No gradient checkpointing: llmbook's training loop does not use it."""
+    c = _check_config(config)
+    for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if seq_len > c.max_position_embeddings:
+        raise ValueError(f"seq_len ({seq_len}) exceeds the model's context ({c.max_position_embeddings})")
+    s = saved_per_token(c, dtype) if saved is None else saved
+    if not isinstance(s, SavedPerToken) or s.dtype != dtype:
+        raise ValueError(f"saved must be a SavedPerToken measured in {dtype!r}")
+    n = batch_size * seq_len
+    layers = c.num_hidden_layers
+    return (
+        MemoryTerm("activations", layers * s.layer * n + s.layer_constant,
+                   f"{layers} layers x {s.layer:,} B x {n:,} tokens", "saved tensors counted (saved_per_token)"),
+        MemoryTerm("logits and loss", s.head * n, f"{s.head:,} B x {n:,} tokens",
+                   "saved tensors counted (saved_per_token)"),
+        MemoryTerm("token ids", s.ids * n, f"8 B x {n:,} tokens", "the embedding's backward keeps the ids"),
+    )
