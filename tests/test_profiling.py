@@ -144,3 +144,19 @@ def test_quantize_int8_is_a_working_copy(tiny, recwarn):
     assert times["MLP"] > 0 and times["output projection"] > 0
     with pytest.raises(ValueError, match="float32"):
         quantize_int8(CausalLM(model.config, dtype=torch.bfloat16))
+
+
+def test_interleaved_times_runs_every_function_once_per_round_in_varying_order():
+    from llmbook.profiling import interleaved_times
+
+    calls = []
+    times = interleaved_times({k: (lambda k=k: calls.append(k)) for k in "abcd"}, rounds=6, seed=1)
+    assert calls[:4] == list("abcd")  # the warm-up, in order
+    rounds = [calls[4 + 4 * r: 8 + 4 * r] for r in range(6)]
+    assert all(sorted(r) == list("abcd") for r in rounds) and len({tuple(r) for r in rounds}) > 1
+    assert {k: len(v) for k, v in times.items()} == dict.fromkeys("abcd", 6)
+    assert all(t >= 0 for v in times.values() for t in v)
+    with pytest.raises(ValueError, match="rounds"):
+        interleaved_times({"a": lambda: None}, rounds=0)
+    with pytest.raises(ValueError, match="fns"):
+        interleaved_times({})

@@ -11,25 +11,17 @@ import torch
 from llmbook.generate import generate_ids
 from llmbook.hub import ASSETS_DIR, load
 from llmbook.sampling import probabilities
+from llmbook.text_stats import chi_square
 from llmbook.speculative import (
     PromptLookupDraft, SpeculativeResult, early_exit_draft, expected_speedup, expected_tokens_per_round, speculative_generate, verify,
 )
 
 
 def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
-    """Pearson's chi-square test of observed ``counts`` against ``probs`` (bins with expected >= 5)."""
-    n = counts.sum()
-    expected = probs * n
-    keep = expected >= 5
-    observed = torch.cat([counts[keep], counts[~keep].sum()[None]]).double()
-    expected = torch.cat([expected[keep], expected[~keep].sum()[None]]).double()
-    if expected[-1] < 5:  # too little mass left over for a bin of its own: fold it into the smallest
-        observed, expected = observed[:-1], expected[:-1]
-        observed[expected.argmin()] += counts[~keep].sum()
-    stat = ((observed - expected) ** 2 / expected).sum()
-    df = len(expected) - 1
+    """llmbook.text_stats.chi_square's p-value, on a distribution spread enough to test."""
+    _, df, p = chi_square(counts, probs)
     assert df >= 3, "too few bins for a meaningful test: the distribution is nearly deterministic"
-    return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), stat / 2))
+    return p
 
 
 def _rounds(b: int, gamma: int, v: int, seed: int):

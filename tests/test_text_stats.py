@@ -123,3 +123,21 @@ def test_ratio_with_se_equals_rate_with_se_on_counts_and_takes_real_values():
         ratio_with_se([math.nan], [1])
     with pytest.raises(ValueError):
         ratio_with_se([1.0], [-1])
+
+
+def test_chi_square_against_scipy_free_cases():
+    from llmbook.text_stats import chi_square
+
+    # Observed equal to expected: statistic 0, p-value 1.
+    stat, df, p = chi_square([25, 25, 50], [0.25, 0.25, 0.5])
+    assert (stat, df) == (0.0, 2) and abs(p - 1) < 1e-12
+    # 2 bins, df 1: statistic (60-50)^2/50 * 2 = 4, p = P(chi2_1 > 4) = erfc(sqrt(2)) = 0.0455
+    stat, df, p = chi_square([60, 40], [0.5, 0.5])
+    assert (stat, df) == (4.0, 1) and abs(p - math.erfc(math.sqrt(2))) < 1e-12
+    # Bins expected below 5 are pooled: 3 rare bins of expected 2 each pool into one of 6.
+    stat, df, _ = chi_square([94, 2, 2, 2], [0.94, 0.02, 0.02, 0.02])
+    assert (stat, df) == (0.0, 1)
+    with pytest.raises(ValueError, match="same length"):
+        chi_square([1, 2], [1.0])
+    with pytest.raises(ValueError, match="fewer than 2 bins"):
+        chi_square([3, 1], [0.9, 0.1])

@@ -42,7 +42,8 @@ from torch import nn
 
 from llmbook.model import MLP, Attention, CausalLM, ModelConfig, RMSNorm
 
-__all__ = ["ForwardCost", "forward_cost", "MachineLimits", "machine_limits", "component_times", "quantize_int8"]
+__all__ = ["ForwardCost", "forward_cost", "MachineLimits", "machine_limits", "component_times", "quantize_int8",
+           "interleaved_times"]
 
 COMPONENTS = ("embedding", "attention projections", "attention scores", "MLP", "norms", "output projection")
 
@@ -299,3 +300,34 @@ def quantize_int8(model: CausalLM) -> CausalLM:
         warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
         torch.ao.quantization.quantize_dynamic(quantized, {nn.Linear}, dtype=torch.qint8, inplace=True)
     return quantized
+
+
+def interleaved_times(fns: dict, *, rounds: int = 5, device: torch.device | str = "cpu", seed: int = 0
+                      ) -> dict[object, list[float]]:
+    """Seconds per call of every function in ``fns``: one list per key, one time per round.
+
+    Each function is called once to warm up; then every round calls every function once, in a
+    fresh random order (seeded). On a machine whose load comes and goes, a busy moment then slows
+    every configuration alike instead of one configuration's whole block of repeats, so ratios
+    between configurations stay fair; take the minimum over rounds for a configuration's own cost
+    (load only adds time). CUDA work is synchronized around each call.
+    """
+    import random
+
+    if not isinstance(fns, dict) or not fns or not all(callable(f) for f in fns.values()):
+        raise ValueError("fns must be a non-empty dict of callables")
+    _check("rounds", rounds, 1)
+    device = torch.device(device)
+    for fn in fns.values():
+        fn()
+    _sync(device)
+    keys, rng = list(fns), random.Random(seed)
+    times: dict[object, list[float]] = {k: [] for k in keys}
+    for _ in range(rounds):
+        for key in rng.sample(keys, len(keys)):
+            _sync(device)
+            start = time.perf_counter()
+            fns[key]()
+            _sync(device)
+            times[key].append(time.perf_counter() - start)
+    return times

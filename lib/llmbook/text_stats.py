@@ -180,3 +180,31 @@ def zero_count_upper_bound(n: int, confidence: float = 0.95) -> float:
     if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
         raise ValueError(f"confidence must be a number in (0, 1), got {confidence!r}")
     return 1.0 - (1.0 - confidence) ** (1.0 / n)
+
+
+def chi_square(counts: Sequence[float], probs: Sequence[float], min_expected: float = 5.0) -> tuple[float, int, float]:
+    """Pearson's chi-square goodness-of-fit test of observed ``counts`` against the distribution
+    ``probs`` (same length; ``probs`` sums to 1). Bins expected to hold fewer than ``min_expected``
+    draws are pooled into one (into the smallest kept bin when the pool itself is too small), as
+    the test's large-sample approximation needs. Returns (statistic, degrees of freedom, p-value).
+    Accepts lists or tensors. Raises ``ValueError`` for mismatched lengths or fewer than 2 bins left."""
+    import torch  # local: the rest of this module is plain Python
+
+    counts_t = torch.as_tensor(counts, dtype=torch.float64).flatten()
+    probs_t = torch.as_tensor(probs, dtype=torch.float64).flatten()
+    if counts_t.shape != probs_t.shape:
+        raise ValueError(f"counts and probs must have the same length, got {counts_t.numel()} and {probs_t.numel()}")
+    expected = probs_t * counts_t.sum()
+    keep = expected >= min_expected
+    observed = torch.cat([counts_t[keep], counts_t[~keep].sum()[None]])
+    expected = torch.cat([expected[keep], expected[~keep].sum()[None]])
+    if expected[-1] < min_expected:  # too little left over for a bin of its own
+        observed, expected = observed[:-1], expected[:-1]
+        if len(expected):
+            observed[expected.argmin()] += counts_t[~keep].sum()
+    if len(expected) < 2:
+        raise ValueError("fewer than 2 bins are expected to hold enough draws: the test has nothing to compare")
+    stat = float(((observed - expected) ** 2 / expected).sum())
+    df = len(expected) - 1
+    p = float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), torch.tensor(stat / 2)))
+    return stat, df, p
