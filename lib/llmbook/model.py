@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from llmbook.device import resolve_dtype
@@ -733,6 +734,10 @@ class CausalLM(nn.Module):
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight  # one matrix reads tokens in and writes them out
+        # Recompute each decoder layer in the backward pass instead of keeping what it saves
+        # (Chen et al. 2016, "Training deep nets with sublinear memory cost"): only each layer's
+        # input is kept, one layer's activations are rebuilt at a time, at about one extra forward.
+        self.gradient_checkpointing = False
         if device.type != "meta":
             self.reset_parameters()
         self.to(dtype)
@@ -839,8 +844,14 @@ class CausalLM(nn.Module):
 
         x = self.model.embed_tokens(input_ids)  # (B, T, D)
         cos, sin = self.model.rotary_emb(position_ids, start, t, x.dtype)
+        checkpointed = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for layer in self.model.layers:
-            x = layer(x, cos, sin, mask, is_causal, cache)
+            if checkpointed:
+                # Non-reentrant: the recomputed forward sees the same RNG and autocast state,
+                # and frozen (LoRA) layers still get their inputs' gradients.
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, is_causal, None, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, is_causal, cache)
         if cache is not None:
             cache.advance(t, real)
         if last_only:

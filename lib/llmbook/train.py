@@ -140,7 +140,9 @@ class TrainConfig:
     between windows); ``"documents"`` packs whole documents into windows and pads the rest
     (see :class:`PackedDataset`). ``schedule``: ``"cosine"`` decays from the end of warm-up;
     ``"wsd"`` (warm-up, stable, decay) holds ``lr`` and decays over the last
-    ``decay_fraction`` of the steps (see :func:`lr_at`).
+    ``decay_fraction`` of the steps (see :func:`lr_at`). ``gradient_checkpointing`` recomputes
+    each decoder layer in the backward pass (``CausalLM.gradient_checkpointing``): the same
+    gradients for less activation memory and about one more forward pass per step.
     """
 
     model: str | dict[str, Any] = "tinyworld-main"
@@ -166,6 +168,7 @@ class TrainConfig:
     pack: str = "stream"
     schedule: str = "cosine"
     decay_fraction: float = 0.2
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):
@@ -209,6 +212,8 @@ class TrainConfig:
         if self.schedule not in SCHEDULE_CHOICES:
             raise ValueError(f"schedule must be one of {SCHEDULE_CHOICES}, got {self.schedule!r}")
         _check_float("decay_fraction", self.decay_fraction, 0.0, 1.0, low_open=True)
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ValueError(f"gradient_checkpointing must be True or False, got {self.gradient_checkpointing!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``TrainConfig(**d)`` rebuilds it)."""
@@ -702,8 +707,11 @@ def _as_dataset(data: PackedDataset | Sequence[Sequence[int]] | None, name: str,
 
 def _comparable(config: TrainConfig) -> dict[str, Any]:
     d = config.to_dict()
-    for key in ("max_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "eval_batches"):
-        d.pop(key)  # may change on resume (e.g. train longer) without changing the steps already taken
+    # These may change on resume (e.g. train longer, or recompute activations to fit memory)
+    # without changing the steps already taken.
+    for key in ("max_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "eval_batches",
+                "gradient_checkpointing"):
+        d.pop(key, None)
     if config.schedule != "wsd":
         d.pop("decay_fraction")  # only the WSD schedule reads it
     return d
@@ -809,6 +817,7 @@ def train(config: TrainConfig | str, train_data: PackedDataset | Sequence[Sequen
         teacher.eval()
 
     model.train()
+    model.gradient_checkpointing = config.gradient_checkpointing
     if start == 0 and eval_set is not None:
         history.append({"step": 0, "train_loss": None, "eval_loss": evaluate(model, eval_set, batch_size, config.eval_batches, config.dtype),
                         "lr": 0.0, "tokens_per_s": None, "tokens": 0})
@@ -834,11 +843,18 @@ def train(config: TrainConfig | str, train_data: PackedDataset | Sequence[Sequen
             loss = distillation_loss(logits, teacher_logits, config.distill_temperature, config.distill_alpha, targets, mask)
         else:
             loss = next_token_loss(logits, targets, mask)
-        optimizer.zero_grad(set_to_none=True)
+        # The loss keeps what its backward needs (the log-probabilities); the logits themselves
+        # would otherwise stay alive through the backward pass and into the next forward.
+        del logits
+        if teacher is not None:
+            del teacher_logits
         loss.backward()
         if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
+        # Free the gradients now, not before the next backward: they would otherwise sit beside
+        # the next forward pass's activations, at the step's memory peak (see llmbook.memory).
+        optimizer.zero_grad(set_to_none=True)
         loss_value = float(loss.detach())  # syncs the device, so the timing below is honest
         tps = tokens_per_step / (time.perf_counter() - t0)
         smooth_tps = tps if smooth_tps is None else 0.9 * smooth_tps + 0.1 * tps
