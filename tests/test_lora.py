@@ -409,3 +409,13 @@ def test_cuda_model_gets_the_same_adapter_as_on_cpu():
 
 def test_memory_counts_the_same_targets():
     assert memory.LORA_TARGETS is LORA_TARGETS
+
+
+def test_a_model_with_adapters_is_not_saved_as_a_plain_checkpoint(tmp_path):
+    from llmbook.hub import load, save_pretrained
+
+    model, tok = load("tinyworld-main")
+    add_lora(model, LoraConfig(r=2), seed=0)
+    with pytest.raises(ValueError, match="remove_lora"):
+        save_pretrained(model, tok, tmp_path / "plain")
+    assert not (tmp_path / "plain").exists()

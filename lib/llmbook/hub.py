@@ -356,6 +356,12 @@ def save_pretrained(model: CausalLM, tokenizer: Tokenizer | None, directory: str
         raise ValueError(f"tokenizer must be a llmbook Tokenizer or None, got {type(tokenizer).__name__}")
     if architecture is not None and architecture not in SUPPORTED_ARCHITECTURES:
         raise ValueError(f"architecture must be one of {sorted(SUPPORTED_ARCHITECTURES)}, got {architecture!r}")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    extra = sorted(set(state) - set(CausalLM(model.config, device="meta").state_dict()))
+    if extra:  # e.g. LoRA layers: a checkpoint of this layout would not load as the architecture
+        raise ValueError(f"model has weights a {model.config.model_type} checkpoint cannot hold ({extra[:3]}...); "
+                         "for LoRA, merge first (llmbook.lora.remove_lora(model, merge=True)) or save the "
+                         "adapter alone (llmbook.lora.save_adapter)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = model.config.to_hf(architecture)
@@ -364,7 +370,6 @@ def save_pretrained(model: CausalLM, tokenizer: Tokenizer | None, directory: str
     if model.generation_config is not None:
         (directory / "generation_config.json").write_text(json.dumps(model.generation_config.to_hf(), indent=2) + "\n",
                                                           encoding="utf-8")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         del state["lm_head.weight"]  # safetensors refuses shared storage; the loader re-ties it
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
