@@ -218,6 +218,8 @@ def test_reselect_rewrites_only_the_winners(tmp_path, results):
     (dict(ranks=[], full_lrs=None), "nothing to train"),
     (dict(rows_lrs=[]), "rows_lrs must be a non-empty sequence"),
     (dict(control_rank=0), r"control_rank must be an integer in \[1, 64\]"),
+    (dict(rows_first_lr=2.0), r"rows_first_lr must be a learning rate in \(0, 1\)"),
+    (dict(forget_budget=0.0), "forget_budget must be a number of nats per token > 0"),
 ])
 def test_bad_arguments_are_refused(base, kwargs, message):
     model, tok = base
@@ -322,3 +324,20 @@ def test_committed_short_budget_results_are_the_documented_command():
     assert [(r["method"], r["lr"]) for r in short["runs"]] == [("r=8", 3e-4), ("r=8", 1e-3), ("full", 1e-4), ("full", 3e-4)]
     assert all(r["learn"]["n"] == s["data"]["n_test_questions"] == 60 for r in short["runs"])
     assert "lora_ranks_16.json" in (ft.__doc__ or "")
+
+
+def test_committed_rows_first_results_are_the_documented_command():
+    """lora_ranks_rows_first.json: the names' rows trained first, then every rank from them, frozen."""
+    path = hub.ASSETS_DIR / "results" / "lora_ranks_rows_first.json"
+    if not path.exists():
+        pytest.skip("lora_ranks_rows_first.json not committed yet")
+    rf = json.loads(path.read_text())
+    s = rf["settings"]
+    assert (s["ranks"], s["lora_lrs"], s["rows_first_lr"]) == ([1, 8, 64], list(ft.DEFAULT_LORA_LRS), 1e-2)
+    assert (s["full_lrs"], s["rows_lrs"], s["control_rank"]) == (None, None, None)
+    assert (s["n_people"], s["steps"], s["seed"]) == (ft.DEFAULT_PEOPLE, ft.DEFAULT_STEPS, 0)
+    assert rf["rows_first"]["method"] == "rows first" and rf["rows_first"]["rank"] == 0
+    assert [(r["method"], r["lr"]) for r in rf["runs"]] == [(f"r={r}", lr) for r in (1, 8, 64) for lr in s["lora_lrs"]]
+    assert not any(r["name_rows"] for r in rf["runs"])  # the rows stay as stage 1 left them
+    assert rf["winners"] == ft.select_winners(rf["runs"], s["forget_budget"])
+    assert "lora_ranks_rows_first.json" in (ft.__doc__ or "")

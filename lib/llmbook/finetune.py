@@ -6,6 +6,8 @@ The chapter *What LoRA's rank does* reads the committed results of these command
     python -m llmbook.finetune lora-ranks --out lib/llmbook/assets/results/lora_ranks_16.json \
         --n-people 16 --n-val-people 4 --ranks 8 --lora-lrs 3e-4 1e-3 --full-lrs 1e-4 3e-4 \
         --no-rows --no-control
+    python -m llmbook.finetune lora-ranks --out lib/llmbook/assets/results/lora_ranks_rows_first.json \
+        --ranks 1 8 64 --no-full --no-rows --no-control --rows-first 1e-2
     python -m llmbook.finetune smollm2 --out lib/llmbook/assets/results/lora_smollm2.json
 
 (``reselect --results FILE`` chooses a result file's winners again with today's rule, without
@@ -120,10 +122,10 @@ GENERALIZE_PHRASINGS: dict[str, tuple[str, str]] = {
     "pet_feeds": ("Every morning, {person} feeds", "story_pet_feeds"),
 }
 DEFAULT_RANKS = (1, 2, 4, 8, 16, 32, 64)
-# Grids a factor ~3 apart, LoRA's 10x full fine-tuning's (the usual ratio). Pilot with the default
-# data and budget: full fine-tuning at 1e-3 recalled 60 of 60 test facts; LoRA at r = 4 (1e-2) and
-# r = 64 (3e-3) recalled 9 of 60, with the same training loss, so LoRA's grid reaches up to 3e-2.
-# Whether a winner sits at the edge of its grid is recorded.
+# Grids a factor ~3 apart, from a rate that barely moves the model to one that breaks it (pilot
+# runs with the default data: LoRA with the name rows at r = 8 and 64 learned at 1e-3 and 3e-3;
+# full fine-tuning broke the model at 1e-3). Whether a winner sits at the edge of its grid is
+# recorded.
 DEFAULT_LORA_LRS = (3e-4, 1e-3, 3e-3, 1e-2)
 DEFAULT_FULL_LRS = (1e-4, 3e-4, 1e-3)
 #: Only the names' embedding rows (no adapters): what the rows alone can store.
@@ -539,13 +541,16 @@ def run_lora_ranks(base: CausalLM, tokenizer: Tokenizer, *, ranks: Sequence[int]
                    docs_per_family: int = 20, repeat_seeds: Sequence[int] = (), top: int = 64,
                    eval_batch_size: int = 32, progress: bool = True,
                    rows_lrs: Sequence[float] | None = DEFAULT_ROWS_LRS,
-                   control_rank: int | None = CONTROL_RANK, forget_budget: float | None = None) -> dict[str, Any]:
+                   control_rank: int | None = CONTROL_RANK, forget_budget: float | None = None,
+                   rows_first_lr: float | None = None) -> dict[str, Any]:
     """Fine-tune ``base`` at every rank and learning rate (and in full), score every run; pick winners.
 
     Every LoRA run of ``ranks`` also trains the embedding rows of the taught names' tokens (which
     the base model never saw; see :func:`_train_token_rows`). ``rows_lrs``: runs that train those
     rows alone (rank 0), None for none. ``control_rank``: LoRA at that rank with the embedding
-    frozen, at ``lora_lrs``, None for none.
+    frozen, at ``lora_lrs``, None for none. ``rows_first_lr``: train the names' rows alone first
+    (at that rate, as a rank-0 run) and start every other run from the result with the embedding
+    frozen, so that the ranks share the same rows (their ``name_rows`` is then False).
 
     ``repeat_seeds``: the winners are trained again with each of these seeds (LoRA's A, the
     batches' order), to show how much the numbers move with the seed alone.
@@ -567,6 +572,9 @@ def run_lora_ranks(base: CausalLM, tokenizer: Tokenizer, *, ranks: Sequence[int]
     rows_lrs = None if rows_lrs is None else _check_lrs("rows_lrs", rows_lrs)
     if forget_budget is not None:
         _check_budget(forget_budget)
+    if rows_first_lr is not None and (isinstance(rows_first_lr, bool) or not isinstance(rows_first_lr, (int, float))
+                                      or not 0 < rows_first_lr < 1):
+        raise ValueError(f"rows_first_lr must be a learning rate in (0, 1), got {rows_first_lr!r}")
     if control_rank is not None:
         _check_int("control_rank", control_rank, 1, limit)
     if not ranks and full_lrs is None:
@@ -599,9 +607,13 @@ def run_lora_ranks(base: CausalLM, tokenizer: Tokenizer, *, ranks: Sequence[int]
     log(f"base: learn {reference['learn']['accuracy']:.3f} gen {reference['generalize']['accuracy']:.3f} "
         f"qa_seen {reference['qa_seen']['accuracy']:.3f} ({eval_seconds:.0f} s)")
 
+    start = base  # the model every run starts from
+
     def one(method: str, rank: int | None, lr: float, run_seed: int, rows: bool) -> dict[str, Any]:
-        model, deltas, record = finetune(base, dataset, rank=rank, lr=lr, steps=steps, batch_size=batch_size, seed=run_seed,
-                                         train_token_ids=name_tokens if rows else ())
+        nonlocal last_model
+        model, deltas, record = finetune(start, dataset, rank=rank, lr=lr, steps=steps, batch_size=batch_size,
+                                         seed=run_seed, train_token_ids=name_tokens if rows else ())
+        last_model = model
         t1 = time.perf_counter()
         scores = score_model(model, tokenizer, splits, data, qa_seen=qa_seen, heldout=heldout, heldout_val=heldout_val,
                              batch_size=eval_batch_size)
@@ -621,11 +633,21 @@ def run_lora_ranks(base: CausalLM, tokenizer: Tokenizer, *, ranks: Sequence[int]
             f"({record['train_seconds']:.0f} + {run['eval_seconds']:.0f} s)")
         return run
 
+    last_model: CausalLM | None = None
+    rows_first = None
+    if rows_first_lr is not None:
+        # Stage 1: the names' rows alone; every later run starts from them, frozen, so that all
+        # ranks share the same rows and differ in nothing but the adapters. A fresh copy of the
+        # base holds the trained weights (the stage's model carries the gradient-mask hook).
+        rows_first = one("rows first", 0, rows_first_lr, seed, True)
+        start = copy.deepcopy(base)
+        start.load_state_dict(last_model.state_dict())
+        start.to(start.device).eval()
     # (name, rank, learning rates, whether the names' embedding rows train too)
     methods: list[tuple[str, int | None, tuple[float, ...], bool]] = []
     if rows_lrs is not None:
         methods.append(("rows", 0, rows_lrs, True))
-    methods += [(f"r={r}", r, lora_lrs, True) for r in ranks]
+    methods += [(f"r={r}", r, lora_lrs, rows_first_lr is None) for r in ranks]
     if control_rank is not None:
         methods.append((f"r={control_rank} frozen", control_rank, lora_lrs, False))
     if full_lrs is not None:
@@ -642,7 +664,7 @@ def run_lora_ranks(base: CausalLM, tokenizer: Tokenizer, *, ranks: Sequence[int]
     return {
         "settings": {"base": "tinyworld-main", "ranks": list(ranks), "lora_lrs": list(lora_lrs),
                      "rows_lrs": None if rows_lrs is None else list(rows_lrs), "control_rank": control_rank,
-                     "name_tokens": name_tokens, "forget_budget": FORGET_BUDGET if forget_budget is None else forget_budget,
+                     "name_tokens": name_tokens, "rows_first_lr": rows_first_lr, "forget_budget": FORGET_BUDGET if forget_budget is None else forget_budget,
                      "selection": SELECTION_RULE,
                      "full_lrs": None if full_lrs is None else list(full_lrs), "steps": steps, "batch_size": batch_size,
                      "seq_len": dataset.seq_len, "seed": seed, "repeat_seeds": list(repeat_seeds), "n_val_people": n_val_people,
@@ -660,6 +682,7 @@ def run_lora_ranks(base: CausalLM, tokenizer: Tokenizer, *, ranks: Sequence[int]
         "runs": runs,
         "winners": winners,
         "repeats": repeats,
+        "rows_first": rows_first,
     }
 
 
@@ -809,6 +832,8 @@ def _parser() -> argparse.ArgumentParser:
     lr.add_argument("--control-rank", type=int, default=CONTROL_RANK,
                     help=f"rank of the control run with the embedding frozen (default {CONTROL_RANK})")
     lr.add_argument("--no-control", action="store_true", help="skip the control with the embedding frozen")
+    lr.add_argument("--rows-first", type=float, default=None, metavar="LR",
+                    help="train the names' rows alone first at LR, then every run from them, frozen")
     lr.add_argument("--forget-budget", type=float, default=FORGET_BUDGET,
                     help=f"nats per token a chosen run may add on validation text (default {FORGET_BUDGET})")
     lr.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"optimizer steps per run (default {DEFAULT_STEPS})")
@@ -866,7 +891,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                  docs_per_family=args.docs_per_family, repeat_seeds=args.repeat_seeds,
                                  progress=not args.quiet, rows_lrs=None if args.no_rows else args.rows_lrs,
                                  control_rank=None if args.no_control else args.control_rank,
-                                 forget_budget=args.forget_budget)
+                                 forget_budget=args.forget_budget, rows_first_lr=args.rows_first)
         results["settings"]["model"] = args.model
         results["settings"]["device"] = str(base.device)
     else:
