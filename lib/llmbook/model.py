@@ -464,10 +464,18 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(dtype)
 
 
+def default_inverse_frequencies(head_dim: int, base: float, device: torch.device | str | None = None) -> torch.Tensor:
+    """RoPE's theta_i = base^(-2i/d) for i < d/2 (Su et al. 2021), float32, shape (d/2,).
+
+    Computed as transformers computes it (integer exponents, then float), so the angles match its
+    Llama implementation bit for bit.
+    """
+    return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
+
+
 def rope_inverse_frequencies(config: ModelConfig, device: torch.device | str | None = None) -> torch.Tensor:
     """theta_i = base^(-2i/d) for i < d/2, with Llama-3 scaling of the low frequencies when configured."""
-    d = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
+    inv_freq = default_inverse_frequencies(config.head_dim, config.rope_theta, device)
     if config.rope_type != "llama3":
         return inv_freq
     s = config.rope_scaling
@@ -554,11 +562,12 @@ class KVCache:
     """
 
     def __init__(self, config: ModelConfig, batch_size: int, max_length: int,
-                 device: torch.device | str, dtype: torch.dtype) -> None:
+                 device: torch.device | str, dtype: torch.dtype, *, allow_extrapolation: bool = False) -> None:
         _positive_int("batch_size", batch_size)
         _positive_int("max_length", max_length)
-        if max_length > config.max_position_embeddings:
-            raise ValueError(f"max_length must be in [1, {config.max_position_embeddings}] (max_position_embeddings), got {max_length}")
+        if max_length > config.max_position_embeddings and not allow_extrapolation:
+            raise ValueError(f"max_length must be in [1, {config.max_position_embeddings}] (max_position_embeddings), "
+                             f"got {max_length}; pass allow_extrapolation=True to go past the trained context")
         shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_length, config.head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
@@ -764,17 +773,22 @@ class CausalLM(nn.Module):
         """The dtype of the activations and of the KV cache: the embedding's."""
         return self.model.embed_tokens.weight.dtype
 
-    def new_cache(self, batch_size: int = 1, max_length: int | None = None) -> KVCache:
-        """An empty KV cache for ``batch_size`` rows of up to ``max_length`` tokens (default: the model's context)."""
+    def new_cache(self, batch_size: int = 1, max_length: int | None = None, *,
+                  allow_extrapolation: bool = False) -> KVCache:
+        """An empty KV cache for ``batch_size`` rows of up to ``max_length`` tokens (default: the model's context).
+
+        ``allow_extrapolation``: accept a ``max_length`` past ``max_position_embeddings`` (see :meth:`forward`).
+        """
         max_length = self.config.max_position_embeddings if max_length is None else max_length
-        return KVCache(self.config, batch_size, max_length, self.device, self.dtype)
+        return KVCache(self.config, batch_size, max_length, self.device, self.dtype,
+                       allow_extrapolation=allow_extrapolation)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Number of parameters (a tied embedding counts once)."""
         return count_parameters(self, exclude_embeddings=exclude_embeddings)
 
     def _check_inputs(self, input_ids: torch.Tensor, cache: KVCache | None,
-                      attention_mask: torch.Tensor | None) -> None:
+                      attention_mask: torch.Tensor | None, allow_extrapolation: bool = False) -> None:
         if not isinstance(input_ids, torch.Tensor):
             raise ValueError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
         if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
@@ -792,10 +806,13 @@ class CausalLM(nn.Module):
         if cache is not None and not isinstance(cache, KVCache):
             raise ValueError(f"cache must be a KVCache (see CausalLM.new_cache), got {type(cache).__name__}")
         past = 0 if cache is None else cache.length
-        if past + t > self.config.max_position_embeddings:
+        if not isinstance(allow_extrapolation, bool):
+            raise ValueError(f"allow_extrapolation must be True or False, got {allow_extrapolation!r}")
+        if past + t > self.config.max_position_embeddings and not allow_extrapolation:
             raise ValueError(
                 f"sequence too long: {past} cached + {t} new = {past + t} tokens exceeds "
-                f"max_position_embeddings={self.config.max_position_embeddings}"
+                f"max_position_embeddings={self.config.max_position_embeddings}; pass allow_extrapolation=True "
+                f"to run positions the model was never trained on"
             )
         if cache is not None:
             if cache.batch_size != b:
@@ -814,12 +831,16 @@ class CausalLM(nn.Module):
                 raise ValueError("attention_mask must contain only 0 (padding) and 1 (real token)")
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
-                attention_mask: torch.Tensor | None = None, *, last_only: bool = False) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, *, last_only: bool = False,
+                allow_extrapolation: bool = False) -> torch.Tensor:
         """Logits (B, T, V) for token ids (B, T); with ``last_only`` just (B, 1, V) for the last position.
 
         ``cache`` (from :meth:`new_cache`) receives the new keys/values and supplies the earlier ones.
+        Positions past ``max_position_embeddings`` are refused unless ``allow_extrapolation`` is True:
+        RoPE computes their angles like any others, but the model never saw them in training, which
+        is what extrapolation experiments measure.
         """
-        self._check_inputs(input_ids, cache, attention_mask)
+        self._check_inputs(input_ids, cache, attention_mask, allow_extrapolation)
         b, t = input_ids.shape
         start = 0 if cache is None else cache.length
         real = None if attention_mask is None else attention_mask.to(torch.bool)  # (B, T)
