@@ -492,6 +492,16 @@ def rope_inverse_frequencies(config: ModelConfig, device: torch.device | str | N
     return torch.where(is_medium, smoothed, scaled)
 
 
+def rotary_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the angles position * theta_i, float32, each of shape (T, d) for positions (T,).
+
+    Each angle appears twice, for x_i and x_{i+d/2} (the pairing of :func:`rotate_half`).
+    """
+    freqs = torch.outer(positions.to(torch.float32), inv_freq.float())  # (T, d/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (T, d)
+    return emb.cos(), emb.sin()
+
+
 class RotaryEmbedding(nn.Module):
     """Cos/sin tables for rotary position embedding, computed once and grown on demand.
 
@@ -526,9 +536,7 @@ class RotaryEmbedding(nn.Module):
             n = min(max(64, 1 << (length - 1).bit_length()), self.config.max_position_embeddings)
             n = max(n, length)
             positions = torch.arange(n, device=self.inv_freq.device, dtype=torch.float32)
-            freqs = torch.outer(positions, self.inv_freq.float())  # (n, d/2)
-            emb = torch.cat((freqs, freqs), dim=-1)  # (n, d): the same angle for x_i and x_{i+d/2}
-            self._cos, self._sin = emb.cos(), emb.sin()
+            self._cos, self._sin = rotary_cos_sin(positions, self.inv_freq)
         return self._cos, self._sin
 
     def forward(self, position_ids: torch.Tensor | None, start: int, length: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

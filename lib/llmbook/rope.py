@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from llmbook.model import apply_rotary, default_inverse_frequencies
+from llmbook.model import apply_rotary, default_inverse_frequencies, rotary_cos_sin
 
 __all__ = ["frequencies", "rotate", "attention_logit", "decay_bound"]
 
@@ -49,13 +49,6 @@ def frequencies(head_dim: int, base: float = 10000.0) -> torch.Tensor:
     return default_inverse_frequencies(_check_head_dim(head_dim), _check_base(base))
 
 
-def _angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape (T, d) for float positions (T,): the model's table, for any positions."""
-    freqs = torch.outer(positions.to(torch.float32), inv_freq.float())  # (T, d/2)
-    emb = torch.cat((freqs, freqs), dim=-1)  # (T, d): the same angle for x_i and x_{i+d/2}
-    return emb.cos(), emb.sin()
-
-
 def rotate(x: torch.Tensor, positions: torch.Tensor | Sequence[int], base: float = 10000.0) -> torch.Tensor:
     """Rotate ``x`` (..., T, d) to ``positions`` (T,): pair (x_i, x_{i+d/2}) turns by position * theta_i.
 
@@ -72,7 +65,7 @@ def rotate(x: torch.Tensor, positions: torch.Tensor | Sequence[int], base: float
                          f"got {pos.numel()} positions")
     if not torch.isfinite(pos).all():
         raise ValueError("positions must be finite")
-    cos, sin = _angles(pos, default_inverse_frequencies(d, _check_base(base), x.device))
+    cos, sin = rotary_cos_sin(pos, default_inverse_frequencies(d, _check_base(base), x.device))
     return apply_rotary(x.float(), cos, sin)
 
 
