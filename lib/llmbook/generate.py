@@ -110,6 +110,7 @@ def generate_ids(
     on_step: StepHook | None = None,
     suppress_token_ids: Sequence[int] | None = None,
     constraint: Constraint | None = None,
+    allow_extrapolation: bool = False,
 ) -> GenerationResult:
     """Generate from token-id prompts (a list of lists); the loop behind :func:`generate`.
 
@@ -132,6 +133,8 @@ def generate_ids(
     ``suppress_token_ids``: ids never to sample (their logits are set to -inf before the sampler
     sees them, as transformers' ``suppress_tokens``); :func:`generate` passes the ids its
     tokenizer cannot decode.
+    ``allow_extrapolation``: let prompt + new tokens run past ``max_position_embeddings``
+    (refused by default; see :meth:`llmbook.model.CausalLM.forward`).
     ``constraint``: a grammar constraint (:func:`llmbook.constrained.grammar_constraint`): at each
     step the logits of tokens the grammar does not allow become -inf *before* temperature and
     truncation, EOS is allowed only where the text is complete, and ``result.complete`` says which
@@ -153,10 +156,13 @@ def generate_ids(
     _check_int("max_new_tokens", max_new_tokens, 0)
     _check_int("record_distributions", record_distributions, 0)
     longest = max(len(p) for p in prompts)
-    if longest + max_new_tokens > context:
+    if not isinstance(allow_extrapolation, bool):
+        raise ValueError(f"allow_extrapolation must be True or False, got {allow_extrapolation!r}")
+    if longest + max_new_tokens > context and not allow_extrapolation:
         raise ValueError(
             f"prompt length ({longest} tokens) + max_new_tokens ({max_new_tokens}) must be <= "
-            f"max_position_embeddings ({context})"
+            f"max_position_embeddings ({context}); pass allow_extrapolation=True to run positions "
+            "the model was never trained on"
         )
     if eos_token_ids is None:
         eos = []
@@ -210,8 +216,10 @@ def generate_ids(
     ids, mask = ids.to(device), mask.to(device)
     padded = not bool(mask.all())
 
-    cache = model.new_cache(batch, longest + max_new_tokens)
-    logits = model(ids, cache=cache, attention_mask=mask if padded else None, last_only=True)[:, -1]
+    # Passed only when asked for, so that a model wrapper without the keyword still generates.
+    past_context = {"allow_extrapolation": True} if allow_extrapolation else {}
+    cache = model.new_cache(batch, longest + max_new_tokens, **past_context)
+    logits = model(ids, cache=cache, attention_mask=mask if padded else None, last_only=True, **past_context)[:, -1]
 
     chosen = torch.zeros(batch, max_new_tokens, dtype=torch.long, device=device)
     chosen_p = torch.zeros(batch, max_new_tokens, dtype=torch.float32, device=device)
@@ -257,7 +265,7 @@ def generate_ids(
         if not any(running) or step == max_new_tokens - 1:
             break
         # Finished rows keep decoding (the batch stays rectangular); their tokens are discarded.
-        logits = model(token[:, None], cache=cache)[:, -1]
+        logits = model(token[:, None], cache=cache, **past_context)[:, -1]
 
     chosen_list, p_list = chosen.tolist(), chosen_p.tolist()
     for i in range(batch):
@@ -384,6 +392,7 @@ def generate(
     grammar_cache: bool = True,
     grammar_prefix: str = "",
     grammar_engine: str = "llmbook",
+    allow_extrapolation: bool = False,
 ) -> GenerationResult:
     """Continue ``prompts`` (a string or a list of strings) with ``model``; returns a :class:`GenerationResult`.
 
@@ -424,7 +433,8 @@ def generate(
     ``grammar_prefix``: the start of the constrained text that the prompts already end with (a
     prompt ``'{"name": "'`` is continued inside the name's string). ``grammar_engine``: ``"llmbook"``
     (:mod:`llmbook.constrained`) or ``"xgrammar"`` (the production engine, a dev dependency, on the
-    same schema; see :func:`llmbook.constrained.grammar_constraint`).
+    same schema; see :func:`llmbook.constrained.grammar_constraint`). ``allow_extrapolation``: run
+    past ``max_position_embeddings`` (refused by default; see :func:`generate_ids`).
     """
     if not isinstance(tokenizer, Tokenizer):
         raise ValueError(f"tokenizer must be a llmbook Tokenizer, got {type(tokenizer).__name__}")
@@ -471,7 +481,7 @@ def generate(
         model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         min_p=min_p, seed=seed, generator=generator, eos_token_ids=sorted(eos) or None,
         record_distributions=record_distributions, on_step=tracker, suppress_token_ids=suppress or None,
-        constraint=constraint,
+        constraint=constraint, allow_extrapolation=allow_extrapolation,
     )
     if tracker is not None:
         tracker.finish()

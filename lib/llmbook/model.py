@@ -43,6 +43,8 @@ __all__ = [
     "KVCache",
     "count_parameters",
     "SUPPORTED_ARCHITECTURES",
+    "POSITION_ENCODINGS",
+    "alibi_slopes",
 ]
 
 # Hugging Face architecture name -> model_type. SmolLM checkpoints are LlamaForCausalLM.
@@ -51,6 +53,12 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "Qwen2ForCausalLM": "qwen2",
 }
 _SUPPORTED_ROPE_TYPES = ("default", "llama3")
+# How a token's position reaches attention. "rope" is Llama's (and the only one a Hugging Face
+# Llama/Qwen2 config.json can express); the others exist to compare against it (chapter 9):
+# "nope" gives no position signal at all beyond the causal mask (Kazemnejad et al. 2023),
+# "alibi" adds -m_h (i - j) to the attention logits (Press et al. 2022), and "learned" adds a
+# trained vector per absolute position to the token embedding (GPT-2).
+POSITION_ENCODINGS = ("rope", "nope", "alibi", "learned")
 # scaled_dot_product_attention(..., enable_gqa=True) exists from torch 2.5 on.
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
@@ -118,6 +126,7 @@ class ModelConfig:
     max_position_embeddings: int = 2048
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = None
+    position_encoding: str = "rope"  # one of POSITION_ENCODINGS
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
     attention_bias: bool = False
@@ -145,7 +154,9 @@ class ModelConfig:
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads}) for grouped-query attention"
             )
-        if self.head_dim % 2 != 0:
+        if self.position_encoding not in POSITION_ENCODINGS:
+            raise ValueError(f"position_encoding must be one of {list(POSITION_ENCODINGS)}, got {self.position_encoding!r}")
+        if self.position_encoding == "rope" and self.head_dim % 2 != 0:
             raise ValueError(f"head_dim must be even (RoPE rotates pairs of dimensions), got {self.head_dim}")
         if not (isinstance(self.rope_theta, (int, float)) and math.isfinite(self.rope_theta) and self.rope_theta > 1):
             raise ValueError(f"rope_theta must be a finite number > 1, got {self.rope_theta!r}")
@@ -306,6 +317,11 @@ class ModelConfig:
         if architecture not in SUPPORTED_ARCHITECTURES:
             raise ValueError(f"architecture must be one of {sorted(SUPPORTED_ARCHITECTURES)}, got {architecture!r}")
         model_type = SUPPORTED_ARCHITECTURES[architecture]
+        if self.position_encoding != "rope":
+            raise ValueError(
+                f"position_encoding={self.position_encoding!r} cannot be written as a {architecture} config.json "
+                "(those models use RoPE); keep such a model in llmbook, or save its state_dict"
+            )
         out: dict[str, Any] = dict(self.extra)
         out.update(
             architectures=[architecture],
@@ -653,7 +669,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, d)
         v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, d)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cos is not None:  # RoPE; the other position encodings act on the embedding or the mask
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)  # (B, K, S, d)
         # Each key/value head serves H/K query heads: query head h reads key/value head h // (H/K).
@@ -663,7 +680,8 @@ class Attention(nn.Module):
             k = k.repeat_interleave(groups, dim=1)  # (B, H, S, d)
             v = v.repeat_interleave(groups, dim=1)
             gqa = False
-        # softmax(q k^T / sqrt(d) + mask) v, fused; `mask` is boolean (True = may attend), (B, 1, T, S).
+        # softmax(q k^T / sqrt(d) + mask) v, fused; `mask` is boolean (True = may attend), (B, 1, T, S),
+        # or with ALiBi a float bias, -inf where a key may not be attended, (B, H, T, S).
         extra = {"enable_gqa": True} if gqa else {}  # the kernel indexes the shared head, no copy
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, **extra)  # (B, H, T, d)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))  # (B, T, D)
@@ -707,6 +725,43 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
+        if config.position_encoding == "learned":  # one trained vector per absolute position (GPT-2's wpe)
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        if config.position_encoding == "alibi":
+            self.register_buffer("alibi_slopes", torch.tensor(alibi_slopes(config.num_attention_heads)),
+                                 persistent=False)
+
+
+def alibi_slopes(num_heads: int) -> list[float]:
+    """ALiBi's head slopes m_h (Press, Smith and Lewis 2022, "Train Short, Test Long", section 3).
+
+    For n heads, a power of two: the geometric sequence m_h = 2^(-8h/n), h = 1..n. Otherwise the
+    slopes of the nearest smaller power of two, then every other slope of the next larger one,
+    as in the paper's reference code (and transformers' Bloom). Head h adds -m_h (i - j) to the
+    logit of query i for key j: steep heads look locally, shallow ones far.
+    """
+    _positive_int("num_heads", num_heads)
+
+    def power_of_two(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (h + 1) for h in range(n)]
+
+    if num_heads & (num_heads - 1) == 0:
+        return power_of_two(num_heads)
+    closest = 1 << (num_heads.bit_length() - 1)
+    return power_of_two(closest) + alibi_slopes(2 * closest)[0::2][: num_heads - closest]
+
+
+def _alibi_bias(slopes: torch.Tensor, query_positions: torch.Tensor, key_positions: torch.Tensor,
+                allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Float mask (B or 1, H, T, S): -m_h (i - j) where query i may attend key j, -inf elsewhere.
+
+    ``query_positions`` (B or 1, T) and ``key_positions`` (B or 1, S) are positions in the
+    sequence (counting real tokens only); ``allowed`` (B or 1, 1, T, S) is the boolean mask.
+    """
+    distance = (query_positions[:, None, :, None] - key_positions[:, None, None, :]).to(torch.float32)  # (B, 1, T, S)
+    bias = -slopes.to(torch.float32)[None, :, None, None] * distance  # (B, H, T, S)
+    return bias.masked_fill(~allowed, float("-inf")).to(dtype)
 
 
 def _attention_mask(attended: torch.Tensor | None, start: int, t: int, device: torch.device) -> torch.Tensor:
@@ -816,6 +871,12 @@ class CausalLM(nn.Module):
         past = 0 if cache is None else cache.length
         if not isinstance(allow_extrapolation, bool):
             raise ValueError(f"allow_extrapolation must be True or False, got {allow_extrapolation!r}")
+        if past + t > self.config.max_position_embeddings and self.config.position_encoding == "learned":
+            raise ValueError(
+                f"sequence too long: {past} cached + {t} new = {past + t} tokens exceeds "
+                f"max_position_embeddings={self.config.max_position_embeddings}, and learned absolute positions "
+                "have no embedding beyond it (allow_extrapolation cannot help)"
+            )
         if past + t > self.config.max_position_embeddings and not allow_extrapolation:
             raise ValueError(
                 f"sequence too long: {past} cached + {t} new = {past + t} tokens exceeds "
@@ -872,7 +933,22 @@ class CausalLM(nn.Module):
                 mask, is_causal = _attention_mask(None, start, t, input_ids.device), False
 
         x = self.model.embed_tokens(input_ids)  # (B, T, D)
-        cos, sin = self.model.rotary_emb(position_ids, start, t, x.dtype)
+        cos = sin = None
+        encoding = self.config.position_encoding
+        if encoding == "rope":
+            cos, sin = self.model.rotary_emb(position_ids, start, t, x.dtype)
+        elif encoding in ("learned", "alibi"):
+            positions = position_ids if padded else torch.arange(start, start + t, device=x.device)[None]  # (B or 1, T)
+            if encoding == "learned":
+                x = x + self.model.embed_positions(positions)
+            else:
+                if padded:  # a key's position counts the real tokens before it, like a query's
+                    key_positions = attended.long().cumsum(dim=1) - 1  # (B, S)
+                else:
+                    key_positions = torch.arange(start + t, device=x.device)[None]  # (1, S)
+                allowed = mask if mask is not None else _attention_mask(None, start, t, x.device)
+                mask = _alibi_bias(self.model.alibi_slopes, positions, key_positions, allowed, x.dtype)
+                is_causal = False
         checkpointed = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for layer in self.model.layers:
             if checkpointed:

@@ -675,7 +675,9 @@ def _save_checkpoint(run_dir: Path, step: int, model: CausalLM, optimizer: torch
 
 
 def _run_record(config: TrainConfig, model: CausalLM) -> dict[str, Any]:
-    return {"train_config": config.to_dict(), "model_config": model.config.to_hf()}
+    # config.json can only hold RoPE models; the others keep llmbook's own field names.
+    rope = model.config.position_encoding == "rope"
+    return {"train_config": config.to_dict(), "model_config": model.config.to_hf() if rope else model.config.to_dict()}
 
 
 # --------------------------------------------------------------------------- the loop

@@ -512,24 +512,39 @@ class RetrievalConfig:
 RETRIEVAL_ATTRIBUTES = {"town": "town", "job": "job", "food": "favourite food", "age": "age", "pet_name": "pet name"}
 
 
+def retrieval_header(label: str) -> str:
+    """The first line of a retrieval document: ``"Records of <label>:\\n"``."""
+    return f"Records of {label}:\n"
+
+
+def retrieval_record(index: int, name: str, value: object) -> str:
+    """Record ``index`` (0-based) of a retrieval document: ``"<index + 1>. <name>: <value>\\n"``."""
+    return f"{index + 1}. {name}: {value}\n"
+
+
+def retrieval_question(label: str, name: str) -> str:
+    """The question that ends a retrieval document; the answer follows it after a space."""
+    return f"Question: What is the {label} of {name}?\nAnswer:"
+
+
 def retrieval_program(g: Chooser, kb: KnowledgeBase, config: RetrievalConfig) -> dict:
     smallest = min(config.n_records)
     attribute = g.choice([a for a in RETRIEVAL_ATTRIBUTES if len(kb.people_with(a)) >= smallest])
     label = RETRIEVAL_ATTRIBUTES[attribute]
     holders = list(kb.people_with(attribute))
-    g.emit(f"Records of {label}:\n")
+    g.emit(retrieval_header(label))
     n = g.choice([n for n in config.n_records if n <= len(holders)])
     names, offsets = [], []
     for i in range(n):
         name = g.choice(holders)
         holders.remove(name)  # records name distinct people, so the question has one answer
         names.append(name)
-        line = f"{i + 1}. {name}: "
-        offsets.append(len(g.text) + len(line))
-        g.emit(line + f"{kb.get(name, attribute)}\n")
+        line = retrieval_record(i, name, kb.get(name, attribute))
+        offsets.append(len(g.text) + line.rindex(": ") + 2)
+        g.emit(line)
     target = g.choice(range(n))
     answer = str(kb.get(names[target], attribute))
-    question = f"Question: What is the {label} of {names[target]}?\nAnswer:"
+    question = retrieval_question(label, names[target])
     prompt = g.text + question
     g.emit(question + f" {answer}")
     return {"attribute": attribute, "n_records": n, "names": names, "answer": answer, "answer_index": target,
