@@ -54,16 +54,17 @@ __all__ = [
     "run_smollm2", "TRAIN_RECORDS", "EVAL_RECORDS",
 ]
 
-# The position-encoding models train on documents of these many records and are scored on
-# EVAL_RECORDS: 8 and 16 lie inside the trained lengths, 32 (about twice the longest trained
-# document) beyond them.
-TRAIN_RECORDS = (8, 12, 16)
-EVAL_RECORDS = (8, 16, 32)
-# A 4-layer model of width 128: 4 heads of 32 dimensions (the main model's head_dim), enough
-# layers to find a name among the records and copy the value after it, small enough to train
-# on a 2-core CPU in minutes. 512 positions hold a 32-record document, so learned absolute
-# positions have an (untrained) vector for every position scored.
-POSITION_MODEL = dict(hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=4,
+# The position-encoding models train on documents of TRAIN_RECORDS records (small ones too: with two
+# records, copying either value is right half the time, a first step towards matching keys), every
+# record recalled, and are scored on EVAL_RECORDS: 16 and 32 lie inside the trained lengths, 96
+# (about 300 tokens, half again the longest trained document) beyond them.
+TRAIN_RECORDS = (2, 4, 8, 16, 32)
+QUESTIONS: int | None = None
+EVAL_RECORDS = (16, 32, 64, 96)
+# Two layers (the fewest that can form an induction head) of width 64, 4 heads of 16 dimensions:
+# about 7 training steps per second on one CPU thread. 512 positions hold the longest scored
+# document, so learned absolute positions have an (untrained) vector for every position scored.
+POSITION_MODEL = dict(hidden_size=64, intermediate_size=170, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=4, max_position_embeddings=512, rope_theta=10000.0,
                       rms_norm_eps=1e-5, tie_word_embeddings=True)
 
@@ -125,19 +126,37 @@ def retrieval_contexts(kb: Any, n_records: int, n_contexts: int, seed: int, *,
 RECALL_HEADER = "Recall:\n"
 
 
-def recall_contexts(kb: Any, n_records: int, n_contexts: int, seed: int) -> list[PositionContext]:
-    """Associative recall on TinyWorld records (the "multi-query associative recall" of Arora et
-    al. 2024, "Zoology", arXiv:2312.04927): the records with random values, then ``Recall:``;
-    ``questions[i]`` is record i's name and a colon, ``answers[i]`` its value.
+def recall_words(tokenizer: Tokenizer) -> tuple[list[str], list[str]]:
+    """The keys and values of :func:`recall_contexts`: the vocabulary's one-token words (a space and
+    three or more lowercase letters), alternately assigned to keys and values, so the two never mix."""
+    words = sorted({w for w in (tokenizer.decode([i]) for i in range(tokenizer.vocab_size))
+                    if len(w) >= 4 and w[0] == " " and w[1:].isascii() and w[1:].isalpha() and w[1:].islower()})
+    words = [w for w in words if tokenizer.encode(w) == tokenizer.encode(w)[:1]]  # one token on its own too
+    return words[0::2], words[1::2]
 
-    The answer is what followed the same name earlier in the context: the task an induction head
-    solves, which small models learn from scratch in minutes. Memory cannot help: the values
-    are drawn at random (:func:`retrieval_contexts` with ``random_values``).
+
+def recall_contexts(tokenizer: Tokenizer, n_records: int, n_contexts: int, seed: int) -> list[PositionContext]:
+    """Associative recall (Arora et al. 2024, "Zoology", arXiv:2312.04927): ``Records:``, then
+    ``n_records`` lines `` key value`` of one-token words, distinct keys and random values, then
+    ``Recall:``; ``questions[i]`` is record i's key and ``answers[i]`` its value.
+
+    The answer is the token that followed the same key earlier in the context: the task an
+    induction head solves (Olsson et al. 2022), learnable from scratch in CPU minutes. Keys are
+    single tokens because a multi-token key needs a longer match that small models did not
+    learn in that budget (TinyWorld's names, tried first).
     """
+    _check_int("n_records", n_records, 1)
+    _check_int("n_contexts", n_contexts, 1)
+    keys, values = recall_words(tokenizer)
+    if n_records > len(keys):
+        raise ValueError(f"n_records must be at most {len(keys)} (the distinct one-token keys), got {n_records}")
+    rng = random.Random(f"recall/{seed}/{n_records}")
     out = []
-    for c in retrieval_contexts(kb, n_records, n_contexts, seed, random_values=True):
-        names = [q.rsplit(" of ", 1)[1].split("?")[0] for q in c.questions]
-        out.append(PositionContext(c.context + RECALL_HEADER, tuple(f"{n}:" for n in names), c.answers))
+    for _ in range(n_contexts):
+        ks = rng.sample(keys, n_records)
+        vs = [rng.choice(values) for _ in ks]
+        context = "Records:\n" + "".join(f"{k}{v}\n" for k, v in zip(ks, vs)) + RECALL_HEADER
+        out.append(PositionContext(context, tuple(ks), tuple(vs)))
     return out
 
 
@@ -361,29 +380,27 @@ def position_model_config(encoding: str, vocab_size: int, **overrides: Any) -> d
     return fields
 
 
-def training_documents(tokenizer: Tokenizer, kb: Any, n_docs: int, seed: int,
-                       records: tuple[int, ...] = TRAIN_RECORDS, questions: int | None = None,
-                       names_in_loss: bool = False) -> tuple[list[list[int]], list[list[int]]]:
+def training_documents(tokenizer: Tokenizer, n_docs: int, seed: int, records: tuple[int, ...] = TRAIN_RECORDS,
+                       questions: int | None = QUESTIONS) -> tuple[list[list[int]], list[list[int]]]:
     """``n_docs`` recall documents (:func:`recall_contexts`), as ``[BOS] ... [EOS]`` token ids, and
     loss masks that are 1 on the answers and the final EOS only.
 
     Record counts cycle through ``records``; each document recalls ``questions`` distinct,
-    uniformly drawn records in random order, one line each (``Name: value``); by default every
-    record, so that each document teaches the task as many times as it has records.
+    uniformly drawn records in random order, one line each (`` key value``); None: every record.
     """
     if questions is not None:
         _check_int("questions", questions, 1, min(records))
     rng = random.Random(f"retrieval-targets/{seed}")
     per_size = -(-n_docs // len(records))
     contexts = [c for i, n in enumerate(records)
-                for c in recall_contexts(kb, n, per_size, seed + 1000 * i)]
+                for c in recall_contexts(tokenizer, n, per_size, seed + 1000 * i)]
     random.Random(f"retrieval-order/{seed}").shuffle(contexts)
     docs, masks = [], []
     for c in contexts[:n_docs]:
         text, ids = c.context, tokenizer.encode(c.context, add_bos=True)
         mask = [0] * len(ids)
         for k, i in enumerate(rng.sample(range(c.n_records), questions or c.n_records)):
-            for piece, target in ((("\n" if k else "") + c.questions[i], int(names_in_loss)), (c.answers[i], 1)):
+            for piece, target in ((("\n" if k else "") + c.questions[i], 0), (c.answers[i], 1)):
                 text += piece
                 piece_ids = tokenizer.encode(piece)
                 ids, mask = ids + piece_ids, mask + [target] * len(piece_ids)
@@ -397,12 +414,14 @@ def training_documents(tokenizer: Tokenizer, kb: Any, n_docs: int, seed: int,
 def train_position_model(encoding: str, tokenizer: Tokenizer, docs: Sequence[Sequence[int]],
                          loss_masks: Sequence[Sequence[int]], *, steps: int, batch_size: int, lr: float,
                          seed: int = 0, progress: bool = False) -> tuple[CausalLM, dict[str, Any]]:
-    """Train the small retrieval model with ``encoding`` from scratch on ``docs``, one per window.
+    """Train the small retrieval model of :data:`POSITION_MODEL` with ``encoding`` from scratch on
+    ``docs``, one per window.
 
     Every document starts its own window at position 0 and the rest of the window is padding
     that is never a target, so the model sees no position beyond its longest document: what
     lies further is extrapolation. The loss counts the tokens ``loss_masks`` marks (the answers,
-    see :func:`training_documents`); AdamW, warm-up then cosine decay (:func:`llmbook.train.train`). Returns the model and a record of the run.
+    see :func:`training_documents`); AdamW, warm-up then cosine decay (:func:`llmbook.train.train`).
+    Returns the model and a record of the run.
     """
     fields = position_model_config(encoding, tokenizer.vocab_size)
     longest = max(len(d) for d in docs)
@@ -429,12 +448,12 @@ def train_position_model(encoding: str, tokenizer: Tokenizer, docs: Sequence[Seq
     return result.model.eval(), record
 
 
-def run_positions(tokenizer: Tokenizer, *, encodings: Sequence[str] = POSITION_ENCODINGS, steps: int = 1500,
-                  batch_size: int = 16, lr: float = 3e-3, seed: int = 0, n_contexts: int = 64,
+def run_positions(tokenizer: Tokenizer, *, encodings: Sequence[str] = POSITION_ENCODINGS, steps: int = 3000,
+                  batch_size: int = 16, lr: float = 5e-3, seed: int = 0, n_contexts: int = 64,
                   train_records: tuple[int, ...] = TRAIN_RECORDS, eval_records: Sequence[int] = EVAL_RECORDS,
-                  questions: int = 1, n_attention: int = 16, log: Callable[[str], None] = print) -> dict[str, Any]:
+                  questions: int | None = QUESTIONS, n_attention: int = 16, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The experiment: one model per position encoding, same documents, steps and seed; each
-    scored on ``n_contexts`` held-out-people contexts of each of ``eval_records`` records,
+    scored on ``n_contexts`` fresh recall documents (:func:`recall_contexts`) of each of ``eval_records`` records,
     every record asked about (:func:`score_positions`), and on the first ``n_attention`` of them
     the attention to each record and to the first token (:func:`attention_to_records`)."""
     for e in encodings:
@@ -443,12 +462,10 @@ def run_positions(tokenizer: Tokenizer, *, encodings: Sequence[str] = POSITION_E
     _check_int("steps", steps, 1)
     _check_int("batch_size", batch_size, 1)
     _check_int("n_contexts", n_contexts, 1)
-    splits = default_splits()
-    docs, masks = training_documents(tokenizer, splits.train_kb, steps * batch_size, seed, tuple(train_records),
-                                     questions)
-    contexts = {n: recall_contexts(splits.heldout_kb, n, n_contexts, seed + 1) for n in eval_records}
+    docs, masks = training_documents(tokenizer, steps * batch_size, seed, tuple(train_records), questions)
+    contexts = {n: recall_contexts(tokenizer, n, n_contexts, seed + 1) for n in eval_records}
     out: dict[str, Any] = {"train_records": list(train_records), "eval_records": list(eval_records),
-                           "n_contexts": n_contexts, "train_people": "train", "eval_people": "heldout",
+                           "questions_per_document": questions, "n_contexts": n_contexts,
                            "model": POSITION_MODEL, "runs": {}}
     for e in encodings:
         model, record = train_position_model(e, tokenizer, docs, masks, steps=steps, batch_size=batch_size, lr=lr,
@@ -465,26 +482,31 @@ def run_positions(tokenizer: Tokenizer, *, encodings: Sequence[str] = POSITION_E
 
 
 # ============================================================================ the real model
-def run_smollm2(model: CausalLM, tokenizer: Tokenizer, *, pairs: Sequence[int] = (10, 25, 50, 100),
-                n_contexts: int = 16, seed: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """SmolLM2's accuracy by position of the key, for JSON objects of each of ``pairs`` pairs, and
-    the attention on the first token by layer and head on the first prompt of the fewest pairs.
+def run_smollm2(model: CausalLM, tokenizer: Tokenizer, words: Tokenizer, *, records: Sequence[int] = (16, 32, 64, 100),
+                pairs: Sequence[int] = (10, 25), n_contexts: int = 16, seed: int = 0,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """SmolLM2's accuracy by position on two tasks, and its attention on the first token.
 
-    The prompt is Liu et al.'s completion prompt (:func:`kv_contexts`), not the chat template: in
-    its chat turn the instruct model restates the key ("The value corresponding to the key ...")
-    instead of answering, while the completion prompt asks for the value directly.
+    ``recall``: :func:`recall_contexts` with ``records`` records (keys and values are the one-token
+    words of ``words``, TinyWorld's tokenizer; SmolLM2 reads them as text). ``kv``: Liu et al.'s
+    key-value retrieval (:func:`kv_contexts`) with ``pairs`` pairs, in their completion prompt: in
+    its chat template the instruct model restates the key ("The value corresponding to the key
+    ...") instead of answering. ``sink``: the first-token share by layer and head
+    (:func:`sink_share`) on the first recall prompt of the most records.
     """
-    out: dict[str, Any] = {"pairs": list(pairs), "n_contexts": n_contexts, "key_chars": 8, "curves": {},
+    out: dict[str, Any] = {"records": list(records), "pairs": list(pairs), "n_contexts": n_contexts, "key_chars": 8,
+                           "recall": {}, "kv": {},
                            "config": {k: getattr(model.config, k) for k in (
                                "rope_theta", "head_dim", "max_position_embeddings", "num_hidden_layers",
                                "num_attention_heads", "num_key_value_heads", "hidden_size")}}
-    for n in pairs:
+    tasks = [("recall", n, lambda n: recall_contexts(words, n, n_contexts, seed)) for n in records]
+    tasks += [("kv", n, lambda n: kv_contexts(n, n_contexts, seed)) for n in pairs]
+    for task, n, make in tasks:
         t0 = time.perf_counter()
-        contexts = kv_contexts(n, n_contexts, seed)
-        s = score_positions(model, tokenizer, contexts, add_bos=False)
-        out["curves"][str(n)] = {**s, **accuracy_by_position(s["correct"]), "seconds": time.perf_counter() - t0}
-        log(f"{n} pairs ({max(s['tokens'])} tokens): accuracy {sum(map(sum, s['correct'])) / (n * n_contexts):.3f}")
-    first = kv_contexts(min(pairs), 1, seed)[0]
+        s = score_positions(model, tokenizer, make(n), add_bos=False)
+        out[task][str(n)] = {**s, **accuracy_by_position(s["correct"]), "seconds": time.perf_counter() - t0}
+        log(f"{task} {n} ({max(s['tokens'])} tokens): accuracy {sum(map(sum, s['correct'])) / (n * n_contexts):.3f}")
+    first = recall_contexts(words, max(records), 1, seed)[0]
     ids = tokenizer.encode(first.context + first.questions[0], add_bos=False)
     weights = attention_weights(model, torch.tensor([ids], device=model.device))
     out["sink"] = {"tokens": len(ids), "first_token": tokenizer.decode(ids[:1]), "share": sink_share(weights).tolist()}
@@ -498,13 +520,14 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("positions", help="train one small retrieval model per position encoding and score them")
     a.add_argument("--out", required=True)
     a.add_argument("--encodings", default=",".join(POSITION_ENCODINGS))
-    a.add_argument("--steps", type=int, default=1500)
+    a.add_argument("--steps", type=int, default=3000)
     a.add_argument("--batch-size", type=int, default=16)
-    a.add_argument("--lr", type=float, default=3e-3)
+    a.add_argument("--lr", type=float, default=5e-3)
     a.add_argument("--contexts", type=int, default=64)
     b = sub.add_parser("smollm2", help="SmolLM2-135M-Instruct's accuracy by key position")
     b.add_argument("--out", required=True)
-    b.add_argument("--pairs", default="10,25,50,100")
+    b.add_argument("--records", default="16,32,64,100")
+    b.add_argument("--pairs", default="10,25")
     b.add_argument("--contexts", type=int, default=16)
     return p
 
@@ -522,8 +545,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                lr=args.lr, n_contexts=args.contexts)
     else:
         model, tokenizer = load(REAL_MODEL)
-        pairs = [int(x) for x in args.pairs.split(",")]
-        result = run_smollm2(model, tokenizer, pairs=pairs, n_contexts=args.contexts)
+        _, words = load(ASSETS_DIR / "tinyworld-main")
+        result = run_smollm2(model, tokenizer, words, records=[int(x) for x in args.records.split(",")],
+                             pairs=[int(x) for x in args.pairs.split(",")], n_contexts=args.contexts)
     Path(args.out).write_text(json.dumps(result) + "\n", encoding="utf-8")
     return result
 
