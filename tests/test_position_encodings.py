@@ -226,3 +226,18 @@ def test_a_short_run(main_model):
         assert run["longest_trained_tokens"] < 30  # documents of 2 or 3 records
         assert [len(run["scores"][n]["accuracy"]) for n in ("2", "4")] == [2, 4]
         assert np.array(run["attention"]["4"]["to_record"]).shape == (4, 2)  # (records, layers)
+
+
+def test_real_model_protocol_and_dtypes(main_model):
+    # The SmolLM2 command's protocol, run with the main model standing in (it has RoPE too).
+    model, tokenizer = main_model
+    out = lc.run_smollm2(model, tokenizer, tokenizer, records=(4,), pairs=(3,), n_contexts=2, kv_contexts_n=2,
+                         log=lambda _: None)
+    assert [len(out["recall"]["4"]["correct"]), len(out["kv"]["3"]["correct"])] == [2, 2]
+    assert np.array(out["sink"]["share"]).shape == (6, 8)  # layers x heads
+    with pytest.raises(ValueError, match="n_contexts"):
+        lc.run_smollm2(model, tokenizer, tokenizer, n_contexts=1)
+    # Recomputing attention in float32 leaves a bfloat16 model's weights in bfloat16.
+    half = small("rope").to(torch.bfloat16)
+    lc.attention_weights(half, torch.tensor([[1, 2, 3, 4]]))
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}

@@ -258,6 +258,12 @@ def accuracy_by_position(correct: Sequence[Sequence[bool]]) -> dict[str, list[fl
 
 
 # ============================================================================ attention probabilities
+def _linear32(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` computed in float32, leaving the layer's own dtype alone."""
+    bias = None if layer.bias is None else layer.bias.float()
+    return torch.nn.functional.linear(x, layer.weight.float(), bias)
+
+
 @torch.no_grad()
 def queries_and_keys(model: CausalLM, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Every layer's queries and keys (L, H, T, d), float32, as attention multiplies them: after
@@ -280,8 +286,8 @@ def queries_and_keys(model: CausalLM, input_ids: torch.Tensor) -> tuple[torch.Te
     queries, keys = [], []
     for layer, x in zip(model.model.layers, captured):
         attn = layer.self_attn
-        q = attn.q_proj.float()(x).view(1, t, attn.num_heads, attn.head_dim).transpose(1, 2)  # (1, H, T, d)
-        k = attn.k_proj.float()(x).view(1, t, attn.num_kv_heads, attn.head_dim).transpose(1, 2)
+        q = _linear32(attn.q_proj, x).view(1, t, attn.num_heads, attn.head_dim).transpose(1, 2)  # (1, H, T, d)
+        k = _linear32(attn.k_proj, x).view(1, t, attn.num_kv_heads, attn.head_dim).transpose(1, 2)
         k = k.repeat_interleave(attn.num_heads // attn.num_kv_heads, dim=1)  # (1, H, T, d)
         if model.config.position_encoding == "rope":
             cos, sin = model.model.rotary_emb(None, 0, t, torch.float32)
@@ -483,7 +489,7 @@ def run_positions(tokenizer: Tokenizer, *, encodings: Sequence[str] = POSITION_E
 
 # ============================================================================ the real model
 def run_smollm2(model: CausalLM, tokenizer: Tokenizer, words: Tokenizer, *, records: Sequence[int] = (16, 32, 64, 100),
-                pairs: Sequence[int] = (10, 25), n_contexts: int = 16, seed: int = 0,
+                pairs: Sequence[int] = (10, 25), n_contexts: int = 48, kv_contexts_n: int = 16, seed: int = 0,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """SmolLM2's accuracy by position on two tasks, and its attention on the first token.
 
@@ -494,18 +500,21 @@ def run_smollm2(model: CausalLM, tokenizer: Tokenizer, words: Tokenizer, *, reco
     ...") instead of answering. ``sink``: the first-token share by layer and head
     (:func:`sink_share`) on the first recall prompt of the most records.
     """
-    out: dict[str, Any] = {"records": list(records), "pairs": list(pairs), "n_contexts": n_contexts, "key_chars": 8,
+    _check_int("n_contexts", n_contexts, 2)
+    _check_int("kv_contexts_n", kv_contexts_n, 2)
+    out: dict[str, Any] = {"records": list(records), "pairs": list(pairs), "n_contexts": n_contexts,
+                           "kv_contexts": kv_contexts_n, "key_chars": 8,
                            "recall": {}, "kv": {},
                            "config": {k: getattr(model.config, k) for k in (
                                "rope_theta", "head_dim", "max_position_embeddings", "num_hidden_layers",
                                "num_attention_heads", "num_key_value_heads", "hidden_size")}}
     tasks = [("recall", n, lambda n: recall_contexts(words, n, n_contexts, seed)) for n in records]
-    tasks += [("kv", n, lambda n: kv_contexts(n, n_contexts, seed)) for n in pairs]
+    tasks += [("kv", n, lambda n: kv_contexts(n, kv_contexts_n, seed)) for n in pairs]
     for task, n, make in tasks:
         t0 = time.perf_counter()
         s = score_positions(model, tokenizer, make(n), add_bos=False)
         out[task][str(n)] = {**s, **accuracy_by_position(s["correct"]), "seconds": time.perf_counter() - t0}
-        log(f"{task} {n} ({max(s['tokens'])} tokens): accuracy {sum(map(sum, s['correct'])) / (n * n_contexts):.3f}")
+        log(f"{task} {n} ({max(s['tokens'])} tokens): accuracy {sum(map(sum, s['correct'])) / (n * len(s['correct'])):.3f}")
     first = recall_contexts(words, max(records), 1, seed)[0]
     ids = tokenizer.encode(first.context + first.questions[0], add_bos=False)
     weights = attention_weights(model, torch.tensor([ids], device=model.device))
@@ -528,7 +537,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True)
     b.add_argument("--records", default="16,32,64,100")
     b.add_argument("--pairs", default="10,25")
-    b.add_argument("--contexts", type=int, default=16)
+    b.add_argument("--contexts", type=int, default=48, help="recall documents per size")
+    b.add_argument("--kv-contexts", type=int, default=16, help="key-value objects per size")
     return p
 
 
@@ -547,7 +557,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         model, tokenizer = load(REAL_MODEL)
         _, words = load(ASSETS_DIR / "tinyworld-main")
         result = run_smollm2(model, tokenizer, words, records=[int(x) for x in args.records.split(",")],
-                             pairs=[int(x) for x in args.pairs.split(",")], n_contexts=args.contexts)
+                             pairs=[int(x) for x in args.pairs.split(",")], n_contexts=args.contexts,
+                             kv_contexts_n=args.kv_contexts)
     Path(args.out).write_text(json.dumps(result) + "\n", encoding="utf-8")
     return result
 
