@@ -241,3 +241,28 @@ def test_real_model_protocol_and_dtypes(main_model):
     half = small("rope").to(torch.bfloat16)
     lc.attention_weights(half, torch.tensor([[1, 2, 3, 4]]))
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+
+
+def test_baselines_and_document_sinks(main_model):
+    model, tokenizer = main_model
+    # uniform_sink_share is what sink_share measures on a uniform head
+    uniform = torch.ones(1, 1, 7, 7).tril()
+    uniform = uniform / uniform.sum(-1, keepdim=True)
+    assert lc.uniform_sink_share(7) == pytest.approx(float(lc.sink_share(uniform)))
+    # two documents [BOS a b][BOS c]: queries a, b look at BOS 0, query c at BOS 3
+    weights = torch.zeros(1, 1, 5, 5)
+    weights[0, 0, 1, 0] = weights[0, 0, 2, 0] = 0.5
+    weights[0, 0, 4, 3] = 1.0
+    bos = tokenizer.bos_token_id
+    assert float(lc.document_sink_share(weights, [bos, 7, 8, bos, 9], bos)) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="len\\(input_ids\\)"):
+        lc.document_sink_share(weights, [bos, 7], bos)
+    # copy_baseline counts repeated values: answers (x, x, y) -> (2/3 + 2/3 + 1/3) / 3
+    context = lc.PositionContext("", ("a", "b", "c"), (" x", " x", " y"))
+    assert lc.copy_baseline([context]) == pytest.approx(5 / 9)
+    # default_guess_rate: the main model answers trained people from memory, never record 1's value
+    contexts = lc.retrieval_contexts(default_splits().train_kb, 4, 2, seed=5, random_values=True)
+    guess = lc.default_guess_rate(model, tokenizer, contexts, 1)
+    assert 0 < guess["n"] <= 6 and 0.0 <= guess["rate"] <= 1.0
+    with pytest.raises(ValueError, match="record"):
+        lc.default_guess_rate(model, tokenizer, contexts, 5)

@@ -216,10 +216,9 @@ def generate_ids(
     ids, mask = ids.to(device), mask.to(device)
     padded = not bool(mask.all())
 
-    # Passed only when asked for, so that a model wrapper without the keyword still generates.
-    past_context = {"allow_extrapolation": True} if allow_extrapolation else {}
-    cache = model.new_cache(batch, longest + max_new_tokens, **past_context)
-    logits = model(ids, cache=cache, attention_mask=mask if padded else None, last_only=True, **past_context)[:, -1]
+    cache = model.new_cache(batch, longest + max_new_tokens, allow_extrapolation=allow_extrapolation)
+    logits = model(ids, cache=cache, attention_mask=mask if padded else None, last_only=True,
+                   allow_extrapolation=allow_extrapolation)[:, -1]
 
     chosen = torch.zeros(batch, max_new_tokens, dtype=torch.long, device=device)
     chosen_p = torch.zeros(batch, max_new_tokens, dtype=torch.float32, device=device)
@@ -265,7 +264,7 @@ def generate_ids(
         if not any(running) or step == max_new_tokens - 1:
             break
         # Finished rows keep decoding (the batch stays rectangular); their tokens are discarded.
-        logits = model(token[:, None], cache=cache, **past_context)[:, -1]
+        logits = model(token[:, None], cache=cache, allow_extrapolation=allow_extrapolation)[:, -1]
 
     chosen_list, p_list = chosen.tolist(), chosen_p.tolist()
     for i in range(batch):

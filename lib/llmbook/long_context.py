@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from llmbook.device import seed_everything
-from llmbook.model import POSITION_ENCODINGS, CausalLM, ModelConfig, apply_rotary
+from llmbook.model import POSITION_ENCODINGS, CausalLM, ModelConfig, alibi_bias, apply_rotary
 from llmbook.tokenizer import Tokenizer
 from llmbook.train import PackedDataset, TrainConfig, train
 from llmbook.world import default_splits
@@ -50,7 +50,7 @@ from llmbook.world.documents import (
 
 __all__ = [
     "PositionContext", "retrieval_contexts", "queries_and_keys", "kv_contexts", "score_positions", "attention_weights",
-    "sink_share", "span_share", "training_documents", "record_spans", "attention_to_records", "position_model_config", "train_position_model", "run_positions",
+    "sink_share", "uniform_sink_share", "document_sink_share", "copy_baseline", "default_guess_rate", "span_share", "training_documents", "record_spans", "attention_to_records", "position_model_config", "train_position_model", "run_positions",
     "run_smollm2", "TRAIN_RECORDS", "EVAL_RECORDS",
 ]
 
@@ -248,6 +248,21 @@ def score_positions(model: CausalLM, tokenizer: Tokenizer, contexts: Sequence[Po
     return {"correct": correct, "logprob": logprob, "tokens": lengths}
 
 
+def default_guess_rate(model: CausalLM, tokenizer: Tokenizer, contexts: Sequence[PositionContext], record: int, *,
+                       add_bos: bool = True) -> dict[str, Any]:
+    """How often greedy decoding writes record ``record``'s value (1-based) when asked about a
+    *different* record whose value differs: a model that falls back on one record when unsure
+    scores that record well without reading it better. Returns ``rate`` and ``n`` (questions)."""
+    if not contexts:
+        raise ValueError("contexts must not be empty")
+    _check_int("record", record, 1, min(c.n_records for c in contexts))
+    as_if = [PositionContext(c.context, c.questions, (c.answers[record - 1],) * c.n_records) for c in contexts]
+    scored = score_positions(model, tokenizer, as_if, add_bos=add_bos)["correct"]
+    hits = [ok for c, row in zip(contexts, scored) for i, ok in enumerate(row)
+            if i != record - 1 and c.answers[i] != c.answers[record - 1]]
+    return {"record": record, "rate": sum(hits) / len(hits), "n": len(hits)}
+
+
 def accuracy_by_position(correct: Sequence[Sequence[bool]]) -> dict[str, list[float]]:
     """Per record position: the accuracy over contexts and its binomial standard error, and n."""
     n = len(correct)
@@ -306,13 +321,13 @@ def attention_weights(model: CausalLM, input_ids: torch.Tensor) -> torch.Tensor:
     """
     queries, keys = queries_and_keys(model, input_ids)  # (L, H, T, d)
     config, t = model.config, queries.shape[2]
-    positions = torch.arange(t, device=input_ids.device)
-    causal = positions[None, :] <= positions[:, None]  # (T, T)
+    positions = torch.arange(t, device=queries.device)[None]  # (1, T)
+    causal = positions[:, None, :, None] >= positions[:, None, None, :]  # (1, 1, T, T)
     scores = queries @ keys.transpose(-1, -2) / math.sqrt(config.head_dim)  # (L, H, T, T)
-    if config.position_encoding == "alibi":
-        distance = (positions[:, None] - positions[None, :]).float()
-        scores = scores - model.model.alibi_slopes.float()[None, :, None, None] * distance
-    return torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+    if config.position_encoding == "alibi":  # the model's own bias, -inf where masked
+        return torch.softmax(scores + alibi_bias(model.model.alibi_slopes, positions, positions, causal,
+                                                 torch.float32).to(scores.device), dim=-1)
+    return torch.softmax(scores.masked_fill(~causal[0], float("-inf")), dim=-1)
 
 
 def sink_share(weights: torch.Tensor, first_query: int = 1) -> torch.Tensor:
@@ -325,6 +340,35 @@ def sink_share(weights: torch.Tensor, first_query: int = 1) -> torch.Tensor:
         raise ValueError(f"weights must have shape (L, H, T, T), got {tuple(weights.shape)}")
     _check_int("first_query", first_query, 0, weights.shape[-1] - 1)
     return weights[:, :, first_query:, 0].mean(dim=-1)
+
+
+def uniform_sink_share(length: int, first_query: int = 1) -> float:
+    """What :func:`sink_share` gives for a head attending uniformly over a ``length``-token
+    sequence: the mean of 1/(i+1) over queries ``first_query`` .. length-1."""
+    _check_int("length", length, 2)
+    _check_int("first_query", first_query, 0, length - 1)
+    return sum(1 / (i + 1) for i in range(first_query, length)) / (length - first_query)
+
+
+def document_sink_share(weights: torch.Tensor, input_ids: Sequence[int], bos_token_id: int) -> torch.Tensor:
+    """(L, H): the mean attention each query pays to the BOS that opens its own document, for a
+    window packing several ``[BOS] ...`` documents; queries at a BOS are left out."""
+    ids = torch.as_tensor(list(input_ids))
+    if weights.ndim != 4 or weights.shape[-1] != len(ids):
+        raise ValueError(f"weights must have shape (L, H, T, T) with T = len(input_ids) = {len(ids)}")
+    position = torch.arange(len(ids))
+    opening = torch.cummax(torch.where(ids == bos_token_id, position, 0), dim=0).values  # own BOS
+    later = position != opening
+    return weights.cpu()[:, :, position, opening][:, :, later].mean(dim=-1)
+
+
+def copy_baseline(contexts: Sequence[PositionContext]) -> float:
+    """Accuracy of answering with the value of a uniformly drawn record of the context: the share
+    of a context's records whose value equals the asked one, averaged over every question."""
+    shares = [c.answers.count(a) / c.n_records for c in contexts for a in c.answers]
+    if not shares:
+        raise ValueError("contexts must hold at least one question")
+    return sum(shares) / len(shares)
 
 
 def span_share(weights: torch.Tensor, query: int, start: int, stop: int) -> torch.Tensor:
@@ -515,6 +559,10 @@ def run_smollm2(model: CausalLM, tokenizer: Tokenizer, words: Tokenizer, *, reco
         s = score_positions(model, tokenizer, make(n), add_bos=False)
         out[task][str(n)] = {**s, **accuracy_by_position(s["correct"]), "seconds": time.perf_counter() - t0}
         log(f"{task} {n} ({max(s['tokens'])} tokens): accuracy {sum(map(sum, s['correct'])) / (n * len(s['correct'])):.3f}")
+    # Is the first record better read, or a default answer? Compared with a middle record.
+    probe = recall_contexts(words, min(records), n_contexts, seed)
+    out["guesses"] = {"records": min(records), **{str(r): default_guess_rate(model, tokenizer, probe, r, add_bos=False)
+                                                  for r in (1, min(records) // 2)}}
     first = recall_contexts(words, max(records), 1, seed)[0]
     ids = tokenizer.encode(first.context + first.questions[0], add_bos=False)
     weights = attention_weights(model, torch.tensor([ids], device=model.device))

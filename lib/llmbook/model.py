@@ -45,6 +45,7 @@ __all__ = [
     "SUPPORTED_ARCHITECTURES",
     "POSITION_ENCODINGS",
     "alibi_slopes",
+    "alibi_bias",
 ]
 
 # Hugging Face architecture name -> model_type. SmolLM checkpoints are LlamaForCausalLM.
@@ -752,7 +753,7 @@ def alibi_slopes(num_heads: int) -> list[float]:
     return power_of_two(closest) + alibi_slopes(2 * closest)[0::2][: num_heads - closest]
 
 
-def _alibi_bias(slopes: torch.Tensor, query_positions: torch.Tensor, key_positions: torch.Tensor,
+def alibi_bias(slopes: torch.Tensor, query_positions: torch.Tensor, key_positions: torch.Tensor,
                 allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Float mask (B or 1, H, T, S): -m_h (i - j) where query i may attend key j, -inf elsewhere.
 
@@ -947,7 +948,7 @@ class CausalLM(nn.Module):
                 else:
                     key_positions = torch.arange(start + t, device=x.device)[None]  # (1, S)
                 allowed = mask if mask is not None else _attention_mask(None, start, t, x.device)
-                mask = _alibi_bias(self.model.alibi_slopes, positions, key_positions, allowed, x.dtype)
+                mask = alibi_bias(self.model.alibi_slopes, positions, key_positions, allowed, x.dtype)
                 is_causal = False
         checkpointed = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for layer in self.model.layers:
