@@ -216,9 +216,9 @@ def generate_ids(
     ids, mask = ids.to(device), mask.to(device)
     padded = not bool(mask.all())
 
+    # The cache carries the extrapolation opt-in to every pass that writes into it.
     cache = model.new_cache(batch, longest + max_new_tokens, allow_extrapolation=allow_extrapolation)
-    logits = model(ids, cache=cache, attention_mask=mask if padded else None, last_only=True,
-                   allow_extrapolation=allow_extrapolation)[:, -1]
+    logits = model(ids, cache=cache, attention_mask=mask if padded else None, last_only=True)[:, -1]
 
     chosen = torch.zeros(batch, max_new_tokens, dtype=torch.long, device=device)
     chosen_p = torch.zeros(batch, max_new_tokens, dtype=torch.float32, device=device)
@@ -264,7 +264,7 @@ def generate_ids(
         if not any(running) or step == max_new_tokens - 1:
             break
         # Finished rows keep decoding (the batch stays rectangular); their tokens are discarded.
-        logits = model(token[:, None], cache=cache, allow_extrapolation=allow_extrapolation)[:, -1]
+        logits = model(token[:, None], cache=cache)[:, -1]
 
     chosen_list, p_list = chosen.tolist(), chosen_p.tolist()
     for i in range(batch):

@@ -231,13 +231,12 @@ def score_positions(model: CausalLM, tokenizer: Tokenizer, contexts: Sequence[Po
         longest = max(len(f) for f in full)
         cache = model.new_cache(1, longest, allow_extrapolation=allow_extrapolation)
         if shared > 0:
-            model(torch.tensor([prompts[0][:shared]], device=model.device), cache=cache,
-                  allow_extrapolation=allow_extrapolation)
+            model(torch.tensor([prompts[0][:shared]], device=model.device), cache=cache)
         row_correct, row_logprob = [], []
         for p, f in zip(prompts, full):
             cache.truncate(shared)
-            logits = model(torch.tensor([f[shared:-1]], device=model.device), cache=cache,
-                           allow_extrapolation=allow_extrapolation)[0].float()  # (T, V)
+            logits = model(torch.tensor([f[shared:-1]], device=model.device),
+                           cache=cache)[0].float()  # (T, V)
             answer = torch.tensor(f[len(p):], device=logits.device)
             scores = logits[len(p) - 1 - shared:]  # the logits that predict the answer's tokens
             row_correct.append(bool((scores.argmax(-1) == answer).all()))

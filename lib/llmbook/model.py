@@ -593,6 +593,8 @@ class KVCache:
         if max_length > config.max_position_embeddings and not allow_extrapolation:
             raise ValueError(f"max_length must be in [1, {config.max_position_embeddings}] (max_position_embeddings), "
                              f"got {max_length}; pass allow_extrapolation=True to go past the trained context")
+        # The opt-in travels with the cache: every pass that writes into it may use its positions.
+        self.allow_extrapolation = allow_extrapolation
         shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_length, config.head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
@@ -841,7 +843,9 @@ class CausalLM(nn.Module):
                   allow_extrapolation: bool = False) -> KVCache:
         """An empty KV cache for ``batch_size`` rows of up to ``max_length`` tokens (default: the model's context).
 
-        ``allow_extrapolation``: accept a ``max_length`` past ``max_position_embeddings`` (see :meth:`forward`).
+        ``allow_extrapolation``: accept a ``max_length`` past ``max_position_embeddings`` (see
+        :meth:`forward`); the passes that write into this cache may then use those positions
+        without repeating the opt-in.
         """
         max_length = self.config.max_position_embeddings if max_length is None else max_length
         return KVCache(self.config, batch_size, max_length, self.device, self.dtype,
@@ -878,6 +882,8 @@ class CausalLM(nn.Module):
                 f"max_position_embeddings={self.config.max_position_embeddings}, and learned absolute positions "
                 "have no embedding beyond it (allow_extrapolation cannot help)"
             )
+        if cache is not None and cache.allow_extrapolation:
+            allow_extrapolation = True  # opted in when the cache was made for these positions
         if past + t > self.config.max_position_embeddings and not allow_extrapolation:
             raise ValueError(
                 f"sequence too long: {past} cached + {t} new = {past + t} tokens exceeds "
@@ -906,7 +912,8 @@ class CausalLM(nn.Module):
         """Logits (B, T, V) for token ids (B, T); with ``last_only`` just (B, 1, V) for the last position.
 
         ``cache`` (from :meth:`new_cache`) receives the new keys/values and supplies the earlier ones.
-        Positions past ``max_position_embeddings`` are refused unless ``allow_extrapolation`` is True:
+        Positions past ``max_position_embeddings`` are refused unless ``allow_extrapolation`` is True
+        (here or when ``cache`` was made):
         RoPE computes their angles like any others, but the model never saw them in training, which
         is what extrapolation experiments measure.
         """
