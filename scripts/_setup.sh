@@ -50,3 +50,12 @@ if [ ! -f node_modules/.llmbook-deps ] || [ "$(cat node_modules/.llmbook-deps)" 
   echo "$lock_hash" > node_modules/.llmbook-deps
 fi
 "$VENV_PY" tools/book.py vendor
+
+# The CPU kernels the committed outputs were computed with (llmbook.device.REFERENCE_CPU_KERNELS):
+# on a CPU with AVX-512, PyTorch, oneDNN, OpenBLAS and NumPy would otherwise pick kernels that
+# round differently, and nbval would compare the CPU rather than the chapter.
+settings="$("$VENV_PY" -c 'from llmbook.device import use_reference_cpu_kernels as u
+print("\n".join(f"{k}={v}" for k, v in u().items()))')"
+while IFS= read -r setting; do
+  if [ -n "$setting" ]; then export "$setting"; fi
+done <<< "$settings"

@@ -1,10 +1,20 @@
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from llmbook.device import describe, pick_device, resolve_dtype, seed_everything
+from llmbook.device import (
+    REFERENCE_CPU_KERNELS,
+    describe,
+    pick_device,
+    resolve_dtype,
+    seed_everything,
+    use_reference_cpu_kernels,
+)
 
 
 def test_default_pick_matches_availability(monkeypatch):
@@ -59,3 +69,43 @@ def test_describe_is_one_line():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_describe_names_the_gpu():
     assert torch.cuda.get_device_name(0) in describe(torch.device("cuda"))
+
+
+_KERNELS = """
+import numpy, torch
+from numpy._core._multiarray_umath import __cpu_features__ as numpy_features
+print(torch.backends.cpu.get_cpu_capability(), numpy_features["X86_V4"])
+"""
+
+
+def _kernels(env: dict[str, str]) -> tuple[str, bool]:
+    """PyTorch's CPU kernels and whether NumPy uses its AVX-512 loops, in a fresh process."""
+    run = subprocess.run([sys.executable, "-c", _KERNELS], env=env, capture_output=True, text=True, check=True)
+    torch_kernels, numpy_avx512 = run.stdout.split()
+    return torch_kernels, numpy_avx512 == "True"
+
+
+def test_reference_cpu_kernels_reach_notebook_kernels():
+    """nbval reproduces the committed outputs only with the kernels they were made with.
+
+    The root conftest.py sets the variables in this process, so every notebook kernel nbval starts
+    inherits them; a process started like one here must use the AVX2 kernels.
+    """
+    if not use_reference_cpu_kernels():
+        pytest.skip("not Linux x86-64 with AVX2: the book's outputs come from other kernels here")
+    unpinned = {k: v for k, v in os.environ.items() if k not in REFERENCE_CPU_KERNELS}
+    natural = _kernels(unpinned)
+    assert natural[0] in ("AVX2", "AVX512")
+    assert _kernels(dict(os.environ)) == ("AVX2", False)
+    for name, value in REFERENCE_CPU_KERNELS.items():
+        assert os.environ[name] == value, f"{name} is set to something else in this environment"
+
+
+def test_reference_cpu_kernels_leave_a_choice_alone(monkeypatch):
+    if not use_reference_cpu_kernels():
+        pytest.skip("not Linux x86-64 with AVX2: nothing is set here")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    chosen = use_reference_cpu_kernels()
+    assert chosen["ATEN_CPU_CAPABILITY"] == "default"
+    assert chosen["OPENBLAS_CORETYPE"] == REFERENCE_CPU_KERNELS["OPENBLAS_CORETYPE"]

@@ -31,6 +31,7 @@ BOOK = ROOT / "book"
 ASSETS = ROOT / "_build" / "book-assets" / "vendor"
 sys.path.insert(0, str(ROOT / "lib"))
 from llmbook.colab import setup_cell_source  # noqa: E402
+from llmbook.device import use_reference_cpu_kernels  # noqa: E402
 
 CHAPTER_TIMEOUT_S = 600
 
@@ -96,6 +97,7 @@ def execute(paths: list[str]) -> None:
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nb.metadata.setdefault("jupytext", {})["formats"] = "ipynb,md:myst"
         print(f"executing {md.relative_to(ROOT)} ...", flush=True)
+        use_reference_cpu_kernels()  # the kernel inherits it: outputs nbval can reproduce
         client = NotebookClient(nb, timeout=CHAPTER_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(md.parent)}}, store_widget_state=True)
         client.execute()
         for cell in nb.cells:  # timings and ids churn the diff without telling a reader anything

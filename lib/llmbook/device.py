@@ -3,6 +3,8 @@
 ``pick_device`` prefers CUDA, then Apple's MPS, then the CPU; the environment variable
 ``LLMBOOK_DEVICE`` overrides the choice (e.g. ``LLMBOOK_DEVICE=cpu`` on a GPU machine).
 ``seed_everything`` seeds Python, NumPy and PyTorch together so chapters reproduce.
+``use_reference_cpu_kernels`` makes an x86-64 CPU compute what the committed chapter
+outputs were computed with, so that nbval compares outputs rather than CPUs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,19 @@ import torch
 
 ENV_VAR = "LLMBOOK_DEVICE"
 _KNOWN_TYPES = ("cpu", "cuda", "mps")
+
+# PyTorch, oneDNN, OpenBLAS and NumPy each compile their CPU kernels for several x86
+# vector units and pick one per process, from the CPU or from these variables. Kernels for
+# different units sum in different orders: on a CPU with AVX-512, logits change in their
+# last bits, a sampled token can flip, and a bfloat16 matmul rounds differently. The
+# committed chapter outputs were made with the AVX2 kernels, which every x86-64 CPU of the
+# last decade runs; these settings select them on any such CPU.
+REFERENCE_CPU_KERNELS: dict[str, str] = {
+    "ATEN_CPU_CAPABILITY": "avx2",  # PyTorch's own kernels: sums, softmax, exp
+    "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN: PyTorch's bfloat16 and float16 matmuls
+    "OPENBLAS_CORETYPE": "Haswell",  # NumPy's BLAS and LAPACK (least squares, dot)
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",  # NumPy's own loops
+}
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -79,6 +94,34 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | str | 
     if device is not None and torch.device(device).type == "cpu" and dtype == torch.float16:
         raise ValueError("dtype float16 is not supported on the CPU; use float32 or bfloat16 there")
     return dtype
+
+
+def _x86_with_avx2() -> bool:
+    """Whether this is a Linux x86-64 CPU with AVX2 (OpenBLAS's Haswell kernels need it)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " avx2" in flags
+
+
+def use_reference_cpu_kernels() -> dict[str, str]:
+    """Ask for the CPU kernels the book's committed outputs were computed with.
+
+    Sets each variable of ``REFERENCE_CPU_KERNELS`` that is not already set (one that is
+    set is left alone) and returns the values in effect. Does nothing, and returns ``{}``,
+    except on Linux x86-64 with AVX2. The libraries read these variables once, when they
+    load or at their first operation, so the book's commands call this before starting a
+    notebook kernel or export the variables before starting Python (scripts/_setup.sh).
+    """
+    if not _x86_with_avx2():
+        return {}
+    for name, value in REFERENCE_CPU_KERNELS.items():
+        os.environ.setdefault(name, value)
+    return {name: os.environ[name] for name in REFERENCE_CPU_KERNELS}
 
 
 def seed_everything(seed: int) -> torch.Generator:
