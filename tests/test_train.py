@@ -205,7 +205,7 @@ def test_lr_schedule_shape():
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # cosine decay never rises
     assert lrs[-1] == pytest.approx(1e-4)  # ends exactly at min_lr
     assert lrs[60] == pytest.approx(1e-4 + 0.5 * 9e-4)  # cosine half-way point is the mid value
-    with pytest.raises(ValueError, match=r"step must be an integer \[0, 110\]"):
+    with pytest.raises(ValueError, match=r"step must be an integer in \[0, 110\]"):
         lr_at(111, c)
 
 

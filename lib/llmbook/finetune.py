@@ -97,7 +97,7 @@ from llmbook.lora import LORA_TARGETS, LoraConfig, add_lora, lora_layers, traina
 from llmbook.model import CausalLM
 from llmbook.text_stats import rate_with_se, ratio_with_se
 from llmbook.tokenizer import Tokenizer
-from llmbook.train import PackedDataset, TrainConfig, train
+from llmbook.train import PackedDataset, TrainConfig, _check_int, train
 from llmbook.world import default_splits
 from llmbook.world.checkers import check_qa, check_statement
 from llmbook.world.documents import fact_values, render_fact
@@ -143,12 +143,6 @@ DEFAULT_SEQ_LEN = None  # the longest document: every window holds one document
 DEFAULT_PEOPLE = None  # all 80
 DEFAULT_VAL_PEOPLE = 16
 ALPHA_OVER_R = 2.0  # lora_alpha = 2 r, so alpha / r = 2 at every rank (as Biderman et al. 2024)
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
 
 
 def _check_lrs(name: str, values: Any) -> tuple[float, ...]:

@@ -37,7 +37,7 @@ import torch
 from llmbook.device import seed_everything
 from llmbook.model import POSITION_ENCODINGS, CausalLM, ModelConfig, alibi_bias, apply_rotary
 from llmbook.tokenizer import Tokenizer
-from llmbook.train import PackedDataset, TrainConfig, train
+from llmbook.train import PackedDataset, TrainConfig, _check_int, train
 from llmbook.world import default_splits
 from llmbook.world.documents import (
     RETRIEVAL_ATTRIBUTES,
@@ -67,12 +67,6 @@ EVAL_RECORDS = (16, 32, 64, 96)
 POSITION_MODEL = dict(hidden_size=64, intermediate_size=170, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=4, max_position_embeddings=512, rope_theta=10000.0,
                       rms_norm_eps=1e-5, tie_word_embeddings=True)
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
 
 
 # ============================================================================ prompts with known answers

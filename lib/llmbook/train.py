@@ -112,8 +112,11 @@ SCHEDULE_CHOICES = ("cosine", "wsd")
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    """Refuse anything but an integer in [low, high] (``high=None``: no upper bound), naming it.
+
+    Shared by the modules that drive training (finetune, long_context)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (high is not None and value > high):
-        allowed = f"[{low}, {high}]" if high is not None else f">= {low}"
+        allowed = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
 
 
