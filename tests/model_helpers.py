@@ -123,8 +123,7 @@ def scripted_model(vocab_size: int, scripts: list[list[int]], max_position_embed
     from llmbook.model import CausalLM, ModelConfig
 
     class Scripted(CausalLM):
-        def forward(self, input_ids, cache=None, attention_mask=None, *, last_only=False,  # noqa: ANN001
-                    allow_extrapolation=False):
+        def forward(self, input_ids, cache=None, attention_mask=None, *, last_only=False):  # noqa: ANN001
             step = self.calls
             self.calls += 1
             if cache is not None:

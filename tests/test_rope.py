@@ -121,6 +121,8 @@ def test_positions_past_the_context_need_the_opt_in():
         model.new_cache(2, 21)
     with pytest.raises(ValueError, match="allow_extrapolation must be True or False"):
         model(ids[:, :4], allow_extrapolation="yes")
+    with pytest.raises(ValueError, match="allow_extrapolation must be True or False"):
+        model.new_cache(2, 8, allow_extrapolation=1)  # the cache carries it, so it checks it too
     with torch.no_grad():
         long = model(ids, allow_extrapolation=True)
         short = model(ids[:, :16])

@@ -89,6 +89,7 @@ def check() -> list[str]:
 
 def execute(paths: list[str]) -> None:
     """Re-create each chapter's .ipynb from its .md, executed top to bottom with widget state saved."""
+    use_reference_cpu_kernels()  # each kernel inherits them: outputs nbval can reproduce
     for name in paths:
         md = (ROOT / name).resolve() if not Path(name).is_absolute() else Path(name)
         if md.suffix != ".md" or not md.exists():
@@ -97,7 +98,6 @@ def execute(paths: list[str]) -> None:
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nb.metadata.setdefault("jupytext", {})["formats"] = "ipynb,md:myst"
         print(f"executing {md.relative_to(ROOT)} ...", flush=True)
-        use_reference_cpu_kernels()  # the kernel inherits it: outputs nbval can reproduce
         client = NotebookClient(nb, timeout=CHAPTER_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(md.parent)}}, store_widget_state=True)
         client.execute()
         for cell in nb.cells:  # timings and ids churn the diff without telling a reader anything

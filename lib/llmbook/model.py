@@ -590,6 +590,8 @@ class KVCache:
                  device: torch.device | str, dtype: torch.dtype, *, allow_extrapolation: bool = False) -> None:
         _positive_int("batch_size", batch_size)
         _positive_int("max_length", max_length)
+        if not isinstance(allow_extrapolation, bool):
+            raise ValueError(f"allow_extrapolation must be True or False, got {allow_extrapolation!r}")
         if max_length > config.max_position_embeddings and not allow_extrapolation:
             raise ValueError(f"max_length must be in [1, {config.max_position_embeddings}] (max_position_embeddings), "
                              f"got {max_length}; pass allow_extrapolation=True to go past the trained context")
