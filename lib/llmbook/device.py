@@ -19,15 +19,17 @@ import torch
 ENV_VAR = "LLMBOOK_DEVICE"
 _KNOWN_TYPES = ("cpu", "cuda", "mps")
 
-# PyTorch, oneDNN, OpenBLAS and NumPy each compile their CPU kernels for several x86
-# vector units and pick one per process, from the CPU or from these variables. Kernels for
-# different units sum in different orders: on a CPU with AVX-512, logits change in their
-# last bits, a sampled token can flip, and a bfloat16 matmul rounds differently. The
-# committed chapter outputs were made with the AVX2 kernels, which every x86-64 CPU of the
-# last decade runs; these settings select them on any such CPU.
+# PyTorch, oneDNN, fbgemm, MKL, OpenBLAS and NumPy each compile their CPU kernels for
+# several x86 vector units and pick one per process, from the CPU or from these variables.
+# Kernels for different units sum in different orders: on a CPU with AVX-512, logits change
+# in their last bits, a sampled token can flip, and a bfloat16 matmul rounds differently
+# (and runs at another speed). The committed chapter outputs were made with the AVX2
+# kernels, which every x86-64 CPU of the last decade runs; these settings select them.
 REFERENCE_CPU_KERNELS: dict[str, str] = {
     "ATEN_CPU_CAPABILITY": "avx2",  # PyTorch's own kernels: sums, softmax, exp
     "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN: PyTorch's bfloat16 and float16 matmuls
+    "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",  # fbgemm: PyTorch's int8 (quantized) matmuls
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",  # MKL: PyTorch's float32 matmuls (on Intel CPUs)
     "OPENBLAS_CORETYPE": "Haswell",  # NumPy's BLAS and LAPACK (least squares, dot)
     "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",  # NumPy's own loops
 }
